@@ -1,0 +1,169 @@
+//! Per-channel settings and the constructors that use them.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::duplex::Duplex;
+use crate::error::Error;
+use crate::receiver::Receiver;
+use crate::sender::Sender;
+use crate::{sys, wire};
+
+/// A socket registered with the tokio reactor, shared by the halves that use it.
+pub(crate) type Socket = tokio::io::unix::AsyncFd<OwnedFd>;
+
+/// Settings for one channel: how much a process may buffer, how items are batched, how large
+/// an item may be.
+///
+/// The settings apply to the handles built with them, in the process that builds them; a
+/// child rebuilding a passed half uses [`Options::default`] unless it calls a `*_with`
+/// constructor such as [`Receiver::from_env_with`].
+///
+/// ```
+/// # async fn demo() -> Result<(), procq::Error> {
+/// // One item per datagram: each waiting worker process gets the next job (fair
+/// // distribution), at the cost of one system call per item.
+/// let (jobs, rx) = procq::Options::new().batch_items(1).channel::<String>()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) buffer_bytes: usize,
+    pub(crate) batch_items: usize,
+    pub(crate) datagram_bytes: usize,
+    pub(crate) max_item_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            buffer_bytes: 2 * 1024 * 1024,
+            batch_items: usize::MAX,
+            datagram_bytes: 64 * 1024,
+            max_item_bytes: 4 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The send buffer procq asks the kernel for. Larger lets more datagrams wait in the kernel
+/// between two wake-ups of the reader; the kernel caps it at `net.core.wmem_max` for
+/// unprivileged processes.
+const SOCKET_SEND_BUFFER: usize = 4 * 1024 * 1024;
+
+impl Options {
+    /// The defaults: a 2 MiB in-process buffer, datagrams of up to 64 KiB holding as many
+    /// items as fit, items of up to 4 GiB.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of encoded items a process may hold that the kernel has not taken yet. When the
+    /// buffer is at the limit `send` waits and `try_send` reports
+    /// [`Full`](crate::SendErrorKind::Full). One item may take the buffer over the limit,
+    /// so the bound is this plus the largest item. Default 2 MiB.
+    pub fn buffer_bytes(mut self, bytes: usize) -> Self {
+        self.buffer_bytes = bytes.max(1);
+        self
+    }
+
+    /// The most items one datagram may carry. A datagram goes to exactly one receiving
+    /// process, so with many workers reading one channel, `batch_items(1)` hands each item
+    /// to whichever worker asks first (fair distribution, about 1–2 µs of system call per
+    /// item), while the default packs as many as fit into [`datagram_bytes`](Self::datagram_bytes)
+    /// (throughput, but a worker may get a whole batch). Default: unlimited.
+    pub fn batch_items(mut self, items: usize) -> Self {
+        self.batch_items = items.max(1);
+        self
+    }
+
+    /// The largest datagram a sender writes, 4 KiB to 256 KiB. Items whose encoding does not
+    /// fit in one datagram travel out of line in a sealed memfd (Linux). Default 64 KiB.
+    pub fn datagram_bytes(mut self, bytes: usize) -> Self {
+        self.datagram_bytes = bytes.clamp(4096, wire::MAX_DATAGRAM);
+        self
+    }
+
+    /// The largest encoded item this side sends or accepts. A larger send fails with
+    /// [`TooLarge`](crate::SendErrorKind::TooLarge); a larger announced item is rejected
+    /// by the receiver before it maps anything. Default 4 GiB.
+    pub fn max_item_bytes(mut self, bytes: u64) -> Self {
+        self.max_item_bytes = bytes;
+        self
+    }
+
+    /// Creates a channel: a [`Sender`] and a [`Receiver`] joined by a `SOCK_SEQPACKET`
+    /// socket pair. Either half can be passed to child processes with [`pass`](crate::pass).
+    ///
+    /// Must be called inside a tokio runtime (the halves register with its reactor, and
+    /// the sender spawns its flush task there).
+    pub fn channel<T>(&self) -> Result<(Sender<T>, Receiver<T>), Error>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let (send_end, recv_end) = self.pair()?;
+        let tx = Sender::from_socket(Arc::new(register(send_end)?), self)?;
+        let rx = Receiver::from_socket(Arc::new(register(recv_end)?), self);
+        Ok((tx, rx))
+    }
+
+    /// Creates a two-way connection: each end sends its first type and receives the
+    /// other's. See [`Duplex`].
+    pub fn duplex<A, B>(&self) -> Result<(Duplex<A, B>, Duplex<B, A>), Error>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        B: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let (one, two) = self.pair()?;
+        Ok((
+            Duplex::from_socket(Arc::new(register(one)?), self)?,
+            Duplex::from_socket(Arc::new(register(two)?), self)?,
+        ))
+    }
+
+    fn pair(&self) -> Result<(OwnedFd, OwnedFd), Error> {
+        runtime()?;
+        let (a, b) = sys::seqpacket_pair()?;
+        sys::raise_send_buffer(a.as_fd(), SOCKET_SEND_BUFFER);
+        sys::raise_send_buffer(b.as_fd(), SOCKET_SEND_BUFFER);
+        Ok((a, b))
+    }
+}
+
+/// Checks that we are inside a tokio runtime, with a clear error instead of tokio's panic.
+pub(crate) fn runtime() -> Result<tokio::runtime::Handle, Error> {
+    tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)
+}
+
+/// Registers a socket with the current runtime's reactor.
+pub(crate) fn register(fd: OwnedFd) -> Result<Socket, Error> {
+    runtime()?;
+    Ok(sys::register(fd)?)
+}
+
+/// Creates a channel with the default [`Options`].
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (tx, rx) = procq::channel::<String>()?;
+/// tx.send("hello".to_string()).await?;
+/// assert_eq!(rx.recv().await?, "hello");
+/// # Ok(()) }
+/// ```
+pub fn channel<T>() -> Result<(Sender<T>, Receiver<T>), Error>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    Options::default().channel()
+}
+
+/// Creates a two-way connection with the default [`Options`]. See [`Duplex`].
+pub fn duplex<A, B>() -> Result<(Duplex<A, B>, Duplex<B, A>), Error>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    B: Serialize + DeserializeOwned + Send + 'static,
+{
+    Options::default().duplex()
+}

@@ -1,0 +1,252 @@
+//! The datagram format, and item encoding.
+//!
+//! Every datagram starts with an 8-byte header:
+//!
+//! ```text
+//! 0      2         3       4            8
+//! +------+---------+-------+------------+
+//! | "PQ" | version | kind  | count: u32 |   (little endian)
+//! +------+---------+-------+------------+
+//! ```
+//!
+//! * kind 0, an **inline batch**: `count` (≥ 1) frames follow, each a `u32` length and that
+//!   many bytes of one postcard-encoded item; the frames fill the datagram exactly.
+//! * kind 1, an **out-of-line item**: `count` is 1 and a `u64` size follows; the item's
+//!   bytes are in a sealed memfd that travels with the datagram as `SCM_RIGHTS`.
+//!
+//! The whole datagram is checked before any item is handed out, and every length is checked
+//! against the bytes actually present (or, out of line, against the configured maximum)
+//! before anything is allocated from it. A datagram that fails is dropped whole; the next
+//! one starts clean because the kernel delivers datagrams whole.
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::error::DecodeError;
+
+pub(crate) const MAGIC: [u8; 2] = *b"PQ";
+pub(crate) const VERSION: u8 = 1;
+pub(crate) const KIND_INLINE: u8 = 0;
+pub(crate) const KIND_OUT_OF_LINE: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 8;
+/// Bytes in front of each inline item.
+pub(crate) const FRAME_PREFIX: usize = 4;
+/// Bytes of an out-of-line datagram: header and the `u64` size.
+pub(crate) const OUT_OF_LINE_LEN: usize = HEADER_LEN + 8;
+
+/// The largest datagram any procq sender produces; receivers size their buffer to it, so a
+/// longer one is foreign and reported as such.
+pub(crate) const MAX_DATAGRAM: usize = 256 * 1024;
+
+/// Marks an out-of-line item in a sender's outbox (never on the wire): the frame prefix
+/// holds this value, a `u64` size follows, and the memfd waits in a side queue.
+pub(crate) const OUTBOX_OUT_OF_LINE: u32 = u32::MAX;
+
+pub(crate) fn header(kind: u8, count: u32) -> [u8; HEADER_LEN] {
+    let c = count.to_le_bytes();
+    [MAGIC[0], MAGIC[1], VERSION, kind, c[0], c[1], c[2], c[3]]
+}
+
+/// What a received datagram holds, after validation.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Body {
+    /// `count` frames starting at byte `HEADER_LEN`, all lengths already checked.
+    Inline { count: u32 },
+    /// One item of `size` bytes in the attached memfd.
+    OutOfLine { size: u64 },
+}
+
+/// Validates a whole datagram. `max_item` bounds an out-of-line size.
+pub(crate) fn parse(datagram: &[u8], max_item: u64) -> Result<Body, DecodeError> {
+    if datagram.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    if datagram[0..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if datagram[2] != VERSION {
+        return Err(DecodeError::Version(datagram[2]));
+    }
+    let count = u32::from_le_bytes(datagram[4..8].try_into().expect("4 bytes"));
+    match datagram[3] {
+        KIND_INLINE => {
+            let body = &datagram[HEADER_LEN..];
+            // Each frame takes at least its prefix: reject impossible counts before looping.
+            if count == 0 || count as usize > body.len() / FRAME_PREFIX {
+                return Err(DecodeError::BadCount(count));
+            }
+            let mut rest = body;
+            for _ in 0..count {
+                let (len, after) = split_frame(rest)?;
+                rest = &after[len..];
+            }
+            if !rest.is_empty() {
+                return Err(DecodeError::TrailingBytes(rest.len()));
+            }
+            Ok(Body::Inline { count })
+        }
+        KIND_OUT_OF_LINE => {
+            if count != 1 {
+                return Err(DecodeError::BadCount(count));
+            }
+            if datagram.len() != OUT_OF_LINE_LEN {
+                return Err(DecodeError::Truncated);
+            }
+            let size = u64::from_le_bytes(datagram[8..16].try_into().expect("8 bytes"));
+            if size > max_item {
+                return Err(DecodeError::TooLarge { size, max: max_item });
+            }
+            Ok(Body::OutOfLine { size })
+        }
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+/// Splits one frame off `bytes`: returns the item length (checked against what is there)
+/// and the bytes after the prefix.
+fn split_frame(bytes: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
+    if bytes.len() < FRAME_PREFIX {
+        return Err(DecodeError::Truncated);
+    }
+    let len = u32::from_le_bytes(bytes[..FRAME_PREFIX].try_into().expect("4 bytes")) as usize;
+    let after = &bytes[FRAME_PREFIX..];
+    if len > after.len() {
+        return Err(DecodeError::Truncated);
+    }
+    Ok((len, after))
+}
+
+/// Walks the frames of a datagram [`parse`] accepted, yielding each item's byte range.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Frames {
+    pos: usize,
+    left: u32,
+}
+
+impl Frames {
+    pub(crate) fn new(count: u32) -> Self {
+        Frames { pos: HEADER_LEN, left: count }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+
+    /// The next item's range in `datagram`. Only call on a datagram [`parse`] accepted.
+    pub(crate) fn next_range(&mut self, datagram: &[u8]) -> Option<Range<usize>> {
+        if self.left == 0 {
+            return None;
+        }
+        let (len, _) = split_frame(&datagram[self.pos..]).ok()?;
+        let start = self.pos + FRAME_PREFIX;
+        self.pos = start + len;
+        self.left -= 1;
+        Some(start..start + len)
+    }
+}
+
+/// Decodes one item; trailing bytes are an error (a foreign or mismatched writer).
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (item, rest) = postcard::take_from_bytes(bytes).map_err(DecodeError::Item)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(item)
+}
+
+/// Appends `item`'s postcard encoding to `out` as an outbox frame (length prefix, bytes).
+/// On error `out` is left as it was. Returns the encoded item length.
+pub(crate) fn encode_frame<T: Serialize + ?Sized>(
+    item: &T,
+    out: &mut Vec<u8>,
+) -> Result<usize, postcard::Error> {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_PREFIX]);
+    match postcard::serialize_with_flavor(item, AppendVec(out)) {
+        Ok(()) => {
+            let len = out.len() - start - FRAME_PREFIX;
+            match u32::try_from(len) {
+                Ok(len32) if len32 != OUTBOX_OUT_OF_LINE => {
+                    out[start..start + FRAME_PREFIX].copy_from_slice(&len32.to_le_bytes());
+                    Ok(len)
+                }
+                _ => {
+                    // Larger than a u32 frame can say: the caller sends it out of line
+                    // from the bytes; we report the size with the prefix left as zero.
+                    Ok(len)
+                }
+            }
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// A postcard output that appends to a `Vec` with bulk copies.
+struct AppendVec<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendVec<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(items: &[&[u8]]) -> Vec<u8> {
+        let mut d = header(KIND_INLINE, items.len() as u32).to_vec();
+        for i in items {
+            d.extend_from_slice(&(i.len() as u32).to_le_bytes());
+            d.extend_from_slice(i);
+        }
+        d
+    }
+
+    #[test]
+    fn a_valid_batch_yields_every_frame() {
+        let d = batch(&[b"ab", b"", b"cde"]);
+        assert_eq!(parse(&d, 10), Ok(Body::Inline { count: 3 }));
+        let mut f = Frames::new(3);
+        let got: Vec<&[u8]> = std::iter::from_fn(|| f.next_range(&d)).map(|r| &d[r]).collect();
+        assert_eq!(got, vec![&b"ab"[..], b"", b"cde"]);
+    }
+
+    #[test]
+    fn lengths_that_overrun_the_datagram_are_rejected() {
+        let mut d = batch(&[b"abcd"]);
+        d[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse(&d, 10), Err(DecodeError::Truncated));
+        let mut d = batch(&[b"abcd"]);
+        d[4..8].copy_from_slice(&4_000_000_000u32.to_le_bytes());
+        assert_eq!(parse(&d, 10), Err(DecodeError::BadCount(4_000_000_000)));
+        let mut d = batch(&[b"abcd"]);
+        d.push(0);
+        assert_eq!(parse(&d, 10), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn out_of_line_size_is_bounded() {
+        let mut d = header(KIND_OUT_OF_LINE, 1).to_vec();
+        d.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(matches!(parse(&d, 1 << 30), Err(DecodeError::TooLarge { .. })));
+    }
+}

@@ -1,0 +1,101 @@
+//! Shared helpers: re-running this test binary as a child process with a role.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// The environment variable naming the role a re-executed test binary plays.
+pub const ROLE: &str = "PROCQ_TEST_ROLE";
+
+/// How long any single wait in a test may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A command that re-runs this test binary, running only its `child_main` test, which
+/// dispatches on `role`.
+pub fn child_command(role: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1", "-q"])
+        .env(ROLE, role)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The role this process was started with, if it is a child.
+pub fn role() -> Option<String> {
+    std::env::var(ROLE).ok()
+}
+
+/// A child process whose stdout lines starting with `@@ ` are its reports.
+pub struct Kid {
+    pub child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Kid {
+    pub fn spawn(mut cmd: Command) -> Kid {
+        let mut child = cmd.spawn().expect("spawn child");
+        drop(cmd); // close the parent's copies of passed descriptors
+        let stdout = child.stdout.take().expect("piped stdout");
+        Kid { child, lines: BufReader::new(stdout).lines() }
+    }
+
+    /// The next report line (without the `@@ ` prefix); fails the test after `PATIENCE`.
+    pub async fn report(&mut self) -> String {
+        self.report_within(PATIENCE).await.expect("child report")
+    }
+
+    pub async fn report_within(&mut self, d: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .ok()?
+                .expect("read child stdout")?;
+            if let Some(report) = line.strip_prefix("@@ ") {
+                return Some(report.to_string());
+            }
+        }
+    }
+
+    /// Waits for exit; fails the test after `d`.
+    pub async fn exit_within(&mut self, d: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(d, self.child.wait())
+            .await
+            .expect("child did not exit in time")
+            .expect("wait")
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Prints a report line for the parent.
+pub fn report(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "@@ {line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// Runs a child role on a fresh runtime and exits the process with its status.
+pub fn run_child<F, Fut>(dispatch: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(role) = role() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(dispatch(role));
+    drop(rt);
+    std::process::exit(0);
+}
