@@ -1,1 +1,326 @@
-fn main(){}
+//! `cargo bench --bench throughput`: procq against multiprocessing and hand-rolled tokio
+//! framing, in one run, on the same workload. Prints a markdown table with ratios.
+//!
+//! Every row moves 512-byte encoded items between separate processes: this binary re-runs
+//! itself with `PROCQ_BENCH_ROLE` naming the part a child plays.
+//!
+//! Environment: `PROCQ_BENCH_ITEMS` (default 1,000,000), `PROCQ_BENCH_RUNS` (best of, default
+//! 3), `PROCQ_BENCH_PYTHON=0` to skip the Python rows.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const ROLE: &str = "PROCQ_BENCH_ROLE";
+/// Payload bytes so that the postcard encoding (2-byte length varint + bytes) is 512 B.
+const PAYLOAD: usize = 510;
+const PING_ROUNDS: usize = 20_000;
+const PING_WARMUP: usize = 1_000;
+
+#[derive(Serialize, Deserialize, Clone)]
+struct Item(#[serde(with = "serde_bytes")] Vec<u8>);
+
+fn item() -> Item {
+    let it = Item(vec![7u8; PAYLOAD]);
+    assert_eq!(postcard::to_stdvec(&it).unwrap().len(), 512);
+    it
+}
+
+fn items() -> usize {
+    std::env::var("PROCQ_BENCH_ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+}
+
+fn runs() -> usize {
+    std::env::var("PROCQ_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    if let Ok(role) = std::env::var(ROLE) {
+        rt.block_on(child(&role));
+        return;
+    }
+    // `cargo bench` passes `--bench`; ignore arguments.
+    rt.block_on(parent());
+}
+
+/// A child of this binary playing `role`; its reports are stdout lines.
+fn child_cmd(role: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(ROLE, role).stdout(Stdio::piped()).kill_on_drop(true);
+    cmd
+}
+
+struct Kid {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Kid {
+    fn spawn(mut cmd: Command) -> Kid {
+        let mut child = cmd.spawn().expect("spawn");
+        drop(cmd);
+        let out = child.stdout.take().unwrap();
+        Kid { child, lines: BufReader::new(out).lines() }
+    }
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(300), self.lines.next_line())
+            .await
+            .expect("child report timed out")
+            .unwrap()
+            .expect("child exited early")
+    }
+    async fn finish(mut self) {
+        let _ = self.child.wait().await;
+    }
+}
+
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+async fn child(role: &str) {
+    let n = items();
+    match role {
+        "procq-consumer" => {
+            let rx = procq::Receiver::<Item>::from_env("BENCH").unwrap();
+            say("ready");
+            let mut got = 0usize;
+            while let Ok(it) = rx.recv().await {
+                debug_assert_eq!(it.0.len(), PAYLOAD);
+                got += 1;
+            }
+            say(got);
+        }
+        "procq-echo" => {
+            let end = procq::Duplex::<Item, Item>::from_env("BENCH").unwrap();
+            while let Ok(it) = end.recv().await {
+                end.send(it).await.unwrap();
+            }
+        }
+        "tokio-consumer" => {
+            let stream = stdin_stream();
+            let mut framed = tokio_util::codec::FramedRead::new(
+                stream,
+                tokio_util::codec::LengthDelimitedCodec::new(),
+            );
+            say("ready");
+            let mut got = 0usize;
+            while let Some(frame) = framed.next().await {
+                let it: Item = postcard::from_bytes(&frame.unwrap()).unwrap();
+                debug_assert_eq!(it.0.len(), PAYLOAD);
+                got += 1;
+            }
+            say(got);
+        }
+        "raw-echo" => {
+            use std::io::{Read, Write};
+            let mut s = std::os::unix::net::UnixStream::from(
+                std::io::stdin().as_fd().try_clone_to_owned().unwrap(),
+            );
+            let mut buf = vec![0u8; 512];
+            while s.read_exact(&mut buf).is_ok() {
+                s.write_all(&buf).unwrap();
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+    let _ = n;
+}
+
+fn stdin_stream() -> tokio::net::UnixStream {
+    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true).unwrap();
+    tokio::net::UnixStream::from_std(std).unwrap()
+}
+
+/// One table row: a name and the measurement in its unit.
+struct Row {
+    name: String,
+    value: f64,
+}
+
+async fn parent() {
+    let n = items();
+    let runs = runs();
+    let python = std::env::var("PROCQ_BENCH_PYTHON").map(|v| v != "0").unwrap_or(true);
+    eprintln!("procq throughput benchmark: {n} items of 512 B, best of {runs}");
+
+    let procq = best(runs, || procq_throughput(n)).await;
+    let tokio_rolled = if std::env::var("PROCQ_BENCH_ONLY").is_ok() { 1.0 } else { best(runs, || tokio_throughput(n)).await };
+    let mp_queue = if python { Some(python_rate("queue", n, 1, 1).await) } else { None };
+
+    let mut rows = vec![
+        Row { name: "procq channel (1 → 1 process)".into(), value: procq },
+        Row { name: "tokio UnixStream + LengthDelimitedCodec + postcard".into(), value: tokio_rolled },
+    ];
+    if let Some(mp) = mp_queue {
+        rows.push(Row { name: "Python multiprocessing.Queue".into(), value: mp });
+    }
+    println!();
+    println!("| throughput, 512 B items | items/s | procq is × faster |");
+    println!("|---|---:|---:|");
+    for row in &rows {
+        println!(
+            "| {} | {:.0} | {} |",
+            row.name,
+            row.value,
+            if row.name.starts_with("procq") { "—".to_string() } else { format!("{:.1}×", procq / row.value) }
+        );
+    }
+
+    if std::env::var("PROCQ_BENCH_ONLY").is_ok() { return; }
+    let procq_rtt = best_min(runs, procq_ping).await;
+    let raw_rtt = best_min(runs, raw_ping).await;
+    println!();
+    println!("| round trip, 512 B ping-pong | µs | × raw |");
+    println!("|---|---:|---:|");
+    println!("| raw blocking socketpair | {:.1} | 1.00 |", raw_rtt);
+    println!("| procq duplex | {:.1} | {:.2} |", procq_rtt, procq_rtt / raw_rtt);
+}
+
+async fn best<F, Fut>(runs: usize, mut f: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut best = 0f64;
+    for _ in 0..runs {
+        best = best.max(f().await);
+    }
+    best
+}
+
+async fn best_min<F, Fut>(runs: usize, mut f: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut best = f64::MAX;
+    for _ in 0..runs {
+        best = best.min(f().await);
+    }
+    best
+}
+
+/// Items per second from this process into a consumer child.
+async fn procq_throughput(n: usize) -> f64 {
+    let mut opts = procq::Options::new();
+    if let Some(d) = std::env::var("PROCQ_BENCH_DATAGRAM").ok().and_then(|v| v.parse().ok()) {
+        opts = opts.datagram_bytes(d);
+    }
+    let (tx, rx) = opts.channel::<Item>().unwrap();
+    let mut cmd = child_cmd("procq-consumer");
+    procq::pass(&mut cmd, "BENCH", rx).unwrap();
+    let mut kid = Kid::spawn(cmd);
+    assert_eq!(kid.line().await, "ready");
+    let it = item();
+    let start = Instant::now();
+    for _ in 0..n {
+        tx.send(it.clone()).await.unwrap();
+    }
+    drop(tx);
+    let got: usize = kid.line().await.parse().unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(got, n);
+    kid.finish().await;
+    n as f64 / elapsed.as_secs_f64()
+}
+
+async fn tokio_throughput(n: usize) -> f64 {
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut cmd = child_cmd("tokio-consumer");
+    cmd.stdin(Stdio::from(OwnedFd::from(theirs)));
+    let mut kid = Kid::spawn(cmd);
+    assert_eq!(kid.line().await, "ready");
+    mine.set_nonblocking(true).unwrap();
+    let stream = tokio::net::UnixStream::from_std(mine).unwrap();
+    let mut framed =
+        tokio_util::codec::FramedWrite::new(stream, tokio_util::codec::LengthDelimitedCodec::new());
+    let it = item();
+    let start = Instant::now();
+    for _ in 0..n {
+        let bytes = postcard::to_stdvec(&it).unwrap();
+        framed.feed(bytes::Bytes::from(bytes)).await.unwrap();
+    }
+    SinkExt::<bytes::Bytes>::close(&mut framed).await.unwrap();
+    drop(framed);
+    let got: usize = kid.line().await.parse().unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(got, n);
+    kid.finish().await;
+    n as f64 / elapsed.as_secs_f64()
+}
+
+async fn python_rate(kind: &str, n: usize, producers: usize, consumers: usize) -> f64 {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mp_bench.py");
+    let out = Command::new("python3")
+        .args([script, kind, &n.to_string(), &producers.to_string(), &consumers.to_string()])
+        .output()
+        .await
+        .expect("python3");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Median round trip in µs through a procq duplex.
+async fn procq_ping() -> f64 {
+    let (mine, theirs) = procq::duplex::<Item, Item>().unwrap();
+    let mut cmd = child_cmd("procq-echo");
+    procq::pass(&mut cmd, "BENCH", theirs).unwrap();
+    let kid = Kid::spawn(cmd);
+    let it = item();
+    let mut samples = Vec::with_capacity(PING_ROUNDS);
+    for i in 0..PING_WARMUP + PING_ROUNDS {
+        let t = Instant::now();
+        mine.send(it.clone()).await.unwrap();
+        let back = mine.recv().await.unwrap();
+        if i >= PING_WARMUP {
+            samples.push(t.elapsed());
+        }
+        assert_eq!(back.0.len(), PAYLOAD);
+    }
+    drop(mine);
+    kid.finish().await;
+    median_us(samples)
+}
+
+async fn raw_ping() -> f64 {
+    use std::io::{Read, Write};
+    let (mut mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut cmd = child_cmd("raw-echo");
+    cmd.stdin(Stdio::from(OwnedFd::from(theirs)));
+    let kid = Kid::spawn(cmd);
+    let samples = tokio::task::spawn_blocking(move || {
+        let buf = vec![7u8; 512];
+        let mut back = vec![0u8; 512];
+        let mut samples = Vec::with_capacity(PING_ROUNDS);
+        for i in 0..PING_WARMUP + PING_ROUNDS {
+            let t = Instant::now();
+            mine.write_all(&buf).unwrap();
+            mine.read_exact(&mut back).unwrap();
+            if i >= PING_WARMUP {
+                samples.push(t.elapsed());
+            }
+        }
+        samples
+    })
+    .await
+    .unwrap();
+    kid.finish().await;
+    median_us(samples)
+}
+
+fn median_us(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e6
+}

@@ -48,10 +48,11 @@ impl Default for Options {
     }
 }
 
-/// The send buffer procq asks the kernel for. Larger lets more datagrams wait in the kernel
-/// between two wake-ups of the reader; the kernel caps it at `net.core.wmem_max` for
-/// unprivileged processes.
-const SOCKET_SEND_BUFFER: usize = 4 * 1024 * 1024;
+/// How many datagrams of the largest configured size the kernel's send buffer must hold.
+/// More is not better: measured here (512 B items, 64 KiB datagrams), raising the buffer
+/// from the 208 KiB default to 8 MiB lowered throughput (4.8M to 4.3M items/s), since
+/// data waiting in a large buffer has left the CPU caches when the reader copies it.
+const DATAGRAMS_IN_FLIGHT: usize = 3;
 
 impl Options {
     /// The defaults: a 2 MiB in-process buffer, datagrams of up to 64 KiB holding as many
@@ -126,8 +127,13 @@ impl Options {
     fn pair(&self) -> Result<(OwnedFd, OwnedFd), Error> {
         runtime()?;
         let (a, b) = sys::seqpacket_pair()?;
-        sys::raise_send_buffer(a.as_fd(), SOCKET_SEND_BUFFER);
-        sys::raise_send_buffer(b.as_fd(), SOCKET_SEND_BUFFER);
+        // A datagram larger than the send buffer fails with EMSGSIZE: make room for a few.
+        let want = DATAGRAMS_IN_FLIGHT * self.datagram_bytes;
+        for fd in [a.as_fd(), b.as_fd()] {
+            if sys::send_buffer_size(fd)? < want {
+                sys::raise_send_buffer(fd, want);
+            }
+        }
         Ok((a, b))
     }
 }

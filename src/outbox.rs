@@ -150,14 +150,6 @@ pub(crate) enum OwnedFrame {
     OutOfLine { fd: OwnedFd, size: u64 },
 }
 
-thread_local! {
-    /// Encoding scratch space, so the fast path of `send` allocates nothing.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Scratch space above this is given back after use instead of kept.
-const SCRATCH_KEEP: usize = 1024 * 1024;
-
 impl Outbox {
     /// Creates the sending side and spawns its flush task on the current runtime.
     pub(crate) fn spawn(socket: Arc<Socket>, opts: &Options) -> Arc<Outbox> {
@@ -212,55 +204,64 @@ impl Outbox {
     }
 
     /// Encodes `item` and appends it if there is room, without waiting. On `Full`, nothing
-    /// was kept. Large items are written to a sealed memfd here, in the caller.
-    /// With `respect_limit` false the item is taken even over the buffer limit (a `Sink`
-    /// whose `poll_ready` already said yes).
+    /// was kept. With `respect_limit` false the item is taken even over the buffer limit (a
+    /// `Sink` whose `poll_ready` already said yes).
+    ///
+    /// Inline items are encoded straight into the buffer (one copy fewer than encoding
+    /// elsewhere first); an encoding that outgrows a datagram is abandoned and redone out
+    /// of line, in a sealed memfd written here, by the caller, outside the lock.
     pub(crate) fn try_push<T: serde::Serialize>(
         &self,
         item: &T,
         respect_limit: bool,
     ) -> Result<(), SendErrorKind> {
-        SCRATCH.with(|scratch| {
-            let mut scratch = match scratch.try_borrow_mut() {
-                Ok(s) => s,
-                // Re-entered from inside a Serialize impl: use a fresh buffer.
-                Err(_) => {
-                    return self
-                        .push_owned(self.encode(item)?, respect_limit)
-                        .map_err(|(_, e)| e)
-                }
-            };
-            scratch.clear();
-            let result = match wire::encode_frame(item, &mut scratch) {
-                Ok(len) if len <= self.limits.inline_item => {
-                    self.try_append(Frame::Inline(&scratch), respect_limit)
-                        .map_err(|(_, e)| e)
-                }
-                Ok(len) => self
-                    .out_of_line(&scratch[wire::FRAME_PREFIX..], len)
-                    .and_then(|f| self.push_owned(f, respect_limit).map_err(|(_, e)| e)),
-                Err(e) => Err(SendErrorKind::Encode(e)),
-            };
-            if scratch.capacity() > SCRATCH_KEEP {
-                *scratch = Vec::new();
+        let wake = {
+            let mut st = self.lock();
+            if let Some(err) = st.refusal() {
+                return Err(err);
             }
-            result
-        })
+            if respect_limit && st.buffered >= self.limits.buffer_bytes {
+                return Err(SendErrorKind::Full);
+            }
+            match wire::encode_frame(item, &mut st.pending.bytes, self.limits.inline_item) {
+                Ok(len) => {
+                    st.buffered += wire::FRAME_PREFIX + len;
+                    st.enqueued += 1;
+                    st.pending.items += 1;
+                    std::mem::take(&mut st.flusher_idle)
+                }
+                Err(wire::EncodeFail::Encode(e)) => return Err(SendErrorKind::Encode(e)),
+                Err(wire::EncodeFail::TooLong) => {
+                    drop(st);
+                    let frame = self.encode(item)?;
+                    return self.push_owned(frame, respect_limit).map_err(|(_, e)| e);
+                }
+            }
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Encodes `item` into an owned frame (for a send that will wait for room).
-    pub(crate) fn encode<T: serde::Serialize>(&self, item: &T) -> Result<OwnedFrame, SendErrorKind> {
+    pub(crate) fn encode<T: serde::Serialize>(
+        &self,
+        item: &T,
+    ) -> Result<OwnedFrame, SendErrorKind> {
         let mut bytes = Vec::new();
-        let len = wire::encode_frame(item, &mut bytes).map_err(SendErrorKind::Encode)?;
-        if len <= self.limits.inline_item {
-            Ok(OwnedFrame::Inline(bytes))
-        } else {
-            self.out_of_line(&bytes[wire::FRAME_PREFIX..], len)
+        match wire::encode_frame(item, &mut bytes, self.limits.inline_item) {
+            Ok(_) => Ok(OwnedFrame::Inline(bytes)),
+            Err(wire::EncodeFail::Encode(e)) => Err(SendErrorKind::Encode(e)),
+            Err(wire::EncodeFail::TooLong) => {
+                let whole = wire::encode_whole(item).map_err(SendErrorKind::Encode)?;
+                self.out_of_line(&whole)
+            }
         }
     }
 
-    fn out_of_line(&self, encoded: &[u8], len: usize) -> Result<OwnedFrame, SendErrorKind> {
-        let size = len as u64;
+    fn out_of_line(&self, encoded: &[u8]) -> Result<OwnedFrame, SendErrorKind> {
+        let size = encoded.len() as u64;
         if size > self.limits.max_item {
             return Err(SendErrorKind::TooLarge { size, max: self.limits.max_item });
         }

@@ -155,51 +155,91 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
     Ok(item)
 }
 
-/// Appends `item`'s postcard encoding to `out` as an outbox frame (length prefix, bytes).
-/// On error `out` is left as it was. Returns the encoded item length.
+/// Why [`encode_frame`] appended nothing.
+#[derive(Debug)]
+pub(crate) enum EncodeFail {
+    /// The encoding is longer than the limit given: send it out of line instead.
+    TooLong,
+    /// The item's `Serialize` failed.
+    Encode(postcard::Error),
+}
+
+/// Appends `item`'s postcard encoding to `out` as an outbox frame (length prefix, bytes),
+/// giving up as soon as the encoding passes `limit` bytes. On any failure, and if the
+/// item's `Serialize` panics, `out` is left as it was. Returns the encoded length.
 pub(crate) fn encode_frame<T: Serialize + ?Sized>(
     item: &T,
     out: &mut Vec<u8>,
-) -> Result<usize, postcard::Error> {
+    limit: usize,
+) -> Result<usize, EncodeFail> {
     let start = out.len();
-    out.extend_from_slice(&[0; FRAME_PREFIX]);
-    match postcard::serialize_with_flavor(item, AppendVec(out)) {
-        Ok(()) => {
-            let len = out.len() - start - FRAME_PREFIX;
-            match u32::try_from(len) {
-                Ok(len32) if len32 != OUTBOX_OUT_OF_LINE => {
-                    out[start..start + FRAME_PREFIX].copy_from_slice(&len32.to_le_bytes());
-                    Ok(len)
-                }
-                _ => {
-                    // Larger than a u32 frame can say: the caller sends it out of line
-                    // from the bytes; we report the size with the prefix left as zero.
-                    Ok(len)
-                }
-            }
-        }
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
+    let mut guard = Rollback { out, start, armed: true };
+    guard.out.extend_from_slice(&[0; FRAME_PREFIX]);
+    let flavor = AppendVec { out: guard.out, end: start + FRAME_PREFIX + limit };
+    let too_long = match postcard::serialize_with_flavor(item, flavor) {
+        Ok(()) => false,
+        Err(postcard::Error::SerializeBufferFull) => true,
+        Err(e) => return Err(EncodeFail::Encode(e)),
+    };
+    if too_long {
+        return Err(EncodeFail::TooLong);
+    }
+    let len = guard.out.len() - start - FRAME_PREFIX;
+    // `limit` keeps inline frames far below u32::MAX (and below the out-of-line marker).
+    let len32 = u32::try_from(len).expect("inline frame fits a u32");
+    guard.out[start..start + FRAME_PREFIX].copy_from_slice(&len32.to_le_bytes());
+    guard.armed = false;
+    Ok(len)
+}
+
+/// Encodes `item` with no length limit into a fresh buffer (for out-of-line items).
+pub(crate) fn encode_whole<T: Serialize + ?Sized>(item: &T) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = Vec::new();
+    let flavor = AppendVec { out: &mut out, end: usize::MAX };
+    postcard::serialize_with_flavor(item, flavor)?;
+    Ok(out)
+}
+
+/// Truncates a buffer back to `start` unless disarmed: a failed or panicking encoding
+/// never leaves a partial frame behind.
+struct Rollback<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.out.truncate(self.start);
         }
     }
 }
 
-/// A postcard output that appends to a `Vec` with bulk copies.
-struct AppendVec<'a>(&'a mut Vec<u8>);
+/// A postcard output that appends to a `Vec` with bulk copies, up to `end` bytes.
+struct AppendVec<'a> {
+    out: &'a mut Vec<u8>,
+    end: usize,
+}
 
 impl postcard::ser_flavors::Flavor for AppendVec<'_> {
     type Output = ();
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        if self.out.len() + data.len() > self.end {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.out.extend_from_slice(data);
         Ok(())
     }
 
     #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
+        if self.out.len() >= self.end {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.out.push(data);
         Ok(())
     }
 
