@@ -555,3 +555,33 @@ async fn a_slow_reader_keeps_the_producer_under_64_mib() {
     assert!(hwm_kib < 64 * 1024, "producer peak RSS {hwm_kib} KiB");
     assert!(kid.exit_within(PATIENCE).await.success());
 }
+
+#[tokio::test]
+async fn recv_raced_against_a_timer_for_100_000_rounds_loses_nothing() {
+    const ITEMS: u64 = 150_000;
+    let (tx, rx) = procq::channel::<(u32, u64)>().unwrap();
+    let mut kid = spawn_with(
+        "numbered-sender",
+        tx,
+        &[("ME", "0".into()), ("ITEMS", ITEMS.to_string())],
+    );
+    let mut next = 0u64;
+    let (mut won, mut lost) = (0u32, 0u32);
+    for _ in 0..100_000 {
+        tokio::select! {
+            item = rx.recv() => {
+                assert_eq!(item.unwrap(), (0, next));
+                next += 1;
+                won += 1;
+            }
+            _ = tokio::time::sleep(Duration::ZERO) => lost += 1,
+        }
+    }
+    while let Ok(item) = rx.recv_timeout(PATIENCE).await {
+        assert_eq!(item, (0, next));
+        next += 1;
+    }
+    assert_eq!(next, ITEMS, "every item arrived once, in order");
+    assert!(won > 0 && lost > 0, "both branches must win sometimes ({won} / {lost})");
+    assert!(kid.exit_within(PATIENCE).await.success());
+}
