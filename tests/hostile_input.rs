@@ -55,6 +55,10 @@ fn open_fd_count() -> usize {
 
 #[tokio::test]
 async fn garbage_datagrams_cost_only_themselves() {
+    // Spawning a child sets up tokio's SIGCHLD machinery once (a descriptor that stays);
+    // do that before counting.
+    let status = tokio::process::Command::new("true").status().await.unwrap();
+    assert!(status.success());
     let before = open_fd_count();
     let (tx, rx) = procq::channel::<u64>().unwrap();
     let mut cmd = tokio::process::Command::new("python3");
