@@ -105,5 +105,6 @@ async fn garbage_datagrams_cost_only_themselves() {
     assert_eq!(items, vec![7, 42]);
     assert!(kid.exit_within(Duration::from_secs(30)).await.success());
     drop(rx);
+    drop(kid); // its stdout pipe
     assert_eq!(open_fd_count(), before, "descriptors that came with garbage were closed");
 }
