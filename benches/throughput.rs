@@ -32,15 +32,24 @@ fn item() -> Item {
 }
 
 fn items() -> usize {
-    std::env::var("PROCQ_BENCH_ITEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+    std::env::var("PROCQ_BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 fn runs() -> usize {
-    std::env::var("PROCQ_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+    std::env::var("PROCQ_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     if let Ok(role) = std::env::var(ROLE) {
         rt.block_on(child(&role));
         return;
@@ -52,7 +61,9 @@ fn main() {
 /// A child of this binary playing `role`; its reports are stdout lines.
 fn child_cmd(role: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(ROLE, role).stdout(Stdio::piped()).kill_on_drop(true);
+    cmd.env(ROLE, role)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
     cmd
 }
 
@@ -66,7 +77,10 @@ impl Kid {
         let mut child = cmd.spawn().expect("spawn");
         drop(cmd);
         let out = child.stdout.take().unwrap();
-        Kid { child, lines: BufReader::new(out).lines() }
+        Kid {
+            child,
+            lines: BufReader::new(out).lines(),
+        }
     }
     async fn line(&mut self) -> String {
         tokio::time::timeout(Duration::from_secs(300), self.lines.next_line())
@@ -152,19 +166,38 @@ struct Row {
 async fn parent() {
     let n = items();
     let runs = runs();
-    let python = std::env::var("PROCQ_BENCH_PYTHON").map(|v| v != "0").unwrap_or(true);
+    let python = std::env::var("PROCQ_BENCH_PYTHON")
+        .map(|v| v != "0")
+        .unwrap_or(true);
     eprintln!("procq throughput benchmark: {n} items of 512 B, best of {runs}");
 
     let procq = best(runs, || procq_throughput(n)).await;
-    let tokio_rolled = if std::env::var("PROCQ_BENCH_ONLY").is_ok() { 1.0 } else { best(runs, || tokio_throughput(n)).await };
-    let mp_queue = if python { Some(python_rate("queue", n, 1, 1).await) } else { None };
+    let tokio_rolled = if std::env::var("PROCQ_BENCH_ONLY").is_ok() {
+        1.0
+    } else {
+        best(runs, || tokio_throughput(n)).await
+    };
+    let mp_queue = if python {
+        Some(python_rate("queue", n, 1, 1).await)
+    } else {
+        None
+    };
 
     let mut rows = vec![
-        Row { name: "procq channel (1 → 1 process)".into(), value: procq },
-        Row { name: "tokio UnixStream + LengthDelimitedCodec + postcard".into(), value: tokio_rolled },
+        Row {
+            name: "procq channel (1 → 1 process)".into(),
+            value: procq,
+        },
+        Row {
+            name: "tokio UnixStream + LengthDelimitedCodec + postcard".into(),
+            value: tokio_rolled,
+        },
     ];
     if let Some(mp) = mp_queue {
-        rows.push(Row { name: "Python multiprocessing.Queue".into(), value: mp });
+        rows.push(Row {
+            name: "Python multiprocessing.Queue".into(),
+            value: mp,
+        });
     }
     println!();
     println!("| throughput, 512 B items | items/s | procq is × faster |");
@@ -174,18 +207,28 @@ async fn parent() {
             "| {} | {:.0} | {} |",
             row.name,
             row.value,
-            if row.name.starts_with("procq") { "—".to_string() } else { format!("{:.1}×", procq / row.value) }
+            if row.name.starts_with("procq") {
+                "—".to_string()
+            } else {
+                format!("{:.1}×", procq / row.value)
+            }
         );
     }
 
-    if std::env::var("PROCQ_BENCH_ONLY").is_ok() { return; }
+    if std::env::var("PROCQ_BENCH_ONLY").is_ok() {
+        return;
+    }
     let procq_rtt = best_min(runs, procq_ping).await;
     let raw_rtt = best_min(runs, raw_ping).await;
     println!();
     println!("| round trip, 512 B ping-pong | µs | × raw |");
     println!("|---|---:|---:|");
     println!("| raw blocking socketpair | {:.1} | 1.00 |", raw_rtt);
-    println!("| procq duplex | {:.1} | {:.2} |", procq_rtt, procq_rtt / raw_rtt);
+    println!(
+        "| procq duplex | {:.1} | {:.2} |",
+        procq_rtt,
+        procq_rtt / raw_rtt
+    );
 }
 
 async fn best<F, Fut>(runs: usize, mut f: F) -> f64
@@ -215,7 +258,10 @@ where
 /// Items per second from this process into a consumer child.
 async fn procq_throughput(n: usize) -> f64 {
     let mut opts = procq::Options::new();
-    if let Some(d) = std::env::var("PROCQ_BENCH_DATAGRAM").ok().and_then(|v| v.parse().ok()) {
+    if let Some(d) = std::env::var("PROCQ_BENCH_DATAGRAM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         opts = opts.datagram_bytes(d);
     }
     let (tx, rx) = opts.channel::<Item>().unwrap();
@@ -264,11 +310,21 @@ async fn tokio_throughput(n: usize) -> f64 {
 async fn python_rate(kind: &str, n: usize, producers: usize, consumers: usize) -> f64 {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mp_bench.py");
     let out = Command::new("python3")
-        .args([script, kind, &n.to_string(), &producers.to_string(), &consumers.to_string()])
+        .args([
+            script,
+            kind,
+            &n.to_string(),
+            &producers.to_string(),
+            &consumers.to_string(),
+        ])
         .output()
         .await
         .expect("python3");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 

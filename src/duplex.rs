@@ -11,6 +11,9 @@ use crate::error::{Error, FlushError, RecvError, SendError};
 use crate::options::{Options, Socket};
 use crate::{pass, Receiver, Sender};
 
+/// The two ends [`duplex`](crate::duplex) makes: the first sends `A`, the second sends `B`.
+pub type DuplexPair<A, B> = (Duplex<A, B>, Duplex<B, A>);
+
 /// One end of a two-way connection: sends `S`, receives `R`. Made in pairs by
 /// [`duplex`](crate::duplex); the other end is a `Duplex<R, S>`.
 ///
@@ -118,6 +121,9 @@ impl<S, R> Duplex<S, R> {
 
 impl<S, R> Clone for Duplex<S, R> {
     fn clone(&self) -> Self {
-        Duplex { tx: self.tx.clone(), rx: self.rx.clone() }
+        Duplex {
+            tx: self.tx.clone(),
+            rx: self.rx.clone(),
+        }
     }
 }

@@ -73,7 +73,7 @@ mod sender;
 mod sys;
 mod wire;
 
-pub use duplex::Duplex;
+pub use duplex::{Duplex, DuplexPair};
 pub use error::{DecodeError, Error, FlushError, RecvError, SendError, SendErrorKind};
 pub use options::{channel, duplex, Options};
 pub use pass::{pass, Passable, SpawnCommand};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::duplex::Duplex;
+use crate::duplex::{Duplex, DuplexPair};
 use crate::error::Error;
 use crate::receiver::Receiver;
 use crate::sender::Sender;
@@ -112,7 +112,7 @@ impl Options {
 
     /// Creates a two-way connection: each end sends its first type and receives the
     /// other's. See [`Duplex`].
-    pub fn duplex<A, B>(&self) -> Result<(Duplex<A, B>, Duplex<B, A>), Error>
+    pub fn duplex<A, B>(&self) -> Result<DuplexPair<A, B>, Error>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         B: Serialize + DeserializeOwned + Send + 'static,
@@ -166,7 +166,7 @@ where
 }
 
 /// Creates a two-way connection with the default [`Options`]. See [`Duplex`].
-pub fn duplex<A, B>() -> Result<(Duplex<A, B>, Duplex<B, A>), Error>
+pub fn duplex<A, B>() -> Result<DuplexPair<A, B>, Error>
 where
     A: Serialize + DeserializeOwned + Send + 'static,
     B: Serialize + DeserializeOwned + Send + 'static,

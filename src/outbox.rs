@@ -47,7 +47,10 @@ impl Limits {
     fn new(opts: &Options, socket: &Socket) -> Self {
         // A datagram must also fit the kernel's send buffer (EMSGSIZE otherwise).
         let kernel = sys::send_buffer_size(socket.get_ref().as_fd()).unwrap_or(200 * 1024);
-        let datagram = opts.datagram_bytes.min(kernel.saturating_sub(1024)).max(4096);
+        let datagram = opts
+            .datagram_bytes
+            .min(kernel.saturating_sub(1024))
+            .max(4096);
         let body_bytes = datagram - wire::HEADER_LEN;
         Limits {
             buffer_bytes: opts.buffer_bytes,
@@ -132,7 +135,10 @@ pub(crate) struct Outbox {
 pub(crate) enum Frame<'a> {
     /// Wire frame: length prefix and bytes.
     Inline(&'a [u8]),
-    OutOfLine { fd: OwnedFd, size: u64 },
+    OutOfLine {
+        fd: OwnedFd,
+        size: u64,
+    },
 }
 
 impl Frame<'_> {
@@ -263,7 +269,10 @@ impl Outbox {
     fn out_of_line(&self, encoded: &[u8]) -> Result<OwnedFrame, SendErrorKind> {
         let size = encoded.len() as u64;
         if size > self.limits.max_item {
-            return Err(SendErrorKind::TooLarge { size, max: self.limits.max_item });
+            return Err(SendErrorKind::TooLarge {
+                size,
+                max: self.limits.max_item,
+            });
         }
         let fd = sys::sealed_memfd(encoded).map_err(SendErrorKind::Io)?;
         Ok(OwnedFrame::OutOfLine { fd, size })
@@ -276,10 +285,12 @@ impl Outbox {
         respect_limit: bool,
     ) -> Result<(), (OwnedFrame, SendErrorKind)> {
         match frame {
-            OwnedFrame::Inline(bytes) => match self.try_append(Frame::Inline(&bytes), respect_limit) {
-                Ok(()) => Ok(()),
-                Err((_, e)) => Err((OwnedFrame::Inline(bytes), e)),
-            },
+            OwnedFrame::Inline(bytes) => {
+                match self.try_append(Frame::Inline(&bytes), respect_limit) {
+                    Ok(()) => Ok(()),
+                    Err((_, e)) => Err((OwnedFrame::Inline(bytes), e)),
+                }
+            }
             OwnedFrame::OutOfLine { fd, size } => {
                 match self.try_append(Frame::OutOfLine { fd, size }, respect_limit) {
                     Ok(()) => Ok(()),
@@ -311,7 +322,9 @@ impl Outbox {
             match frame {
                 Frame::Inline(bytes) => st.pending.bytes.extend_from_slice(bytes),
                 Frame::OutOfLine { fd, size } => {
-                    st.pending.bytes.extend_from_slice(&wire::OUTBOX_OUT_OF_LINE.to_le_bytes());
+                    st.pending
+                        .bytes
+                        .extend_from_slice(&wire::OUTBOX_OUT_OF_LINE.to_le_bytes());
                     st.pending.bytes.extend_from_slice(&size.to_le_bytes());
                     st.pending.fds.push_back(fd);
                 }
@@ -474,7 +487,12 @@ fn plan(batch: &[u8], start: usize, limits: &Limits) -> Plan {
         end += frame;
         items += 1;
     }
-    Plan { end, items, cost: end - start, out_of_line: None }
+    Plan {
+        end,
+        items,
+        cost: end - start,
+        out_of_line: None,
+    }
 }
 
 /// Why writing a datagram did not complete.
@@ -496,7 +514,13 @@ struct Flusher {
 
 impl Flusher {
     fn new(outbox: Arc<Outbox>, socket: Arc<Socket>) -> Self {
-        Flusher { outbox, socket: Some(socket), batch: Frames::default(), pos: 0, done: false }
+        Flusher {
+            outbox,
+            socket: Some(socket),
+            batch: Frames::default(),
+            pos: 0,
+            done: false,
+        }
     }
 
     async fn run(mut self) {
@@ -562,8 +586,15 @@ impl Flusher {
             Some(size) => {
                 header = wire::header(wire::KIND_OUT_OF_LINE, 1);
                 size_bytes = size.to_le_bytes();
-                let fd = self.batch.fds.front().expect("memfd queued with its marker");
-                ([IoSlice::new(&header), IoSlice::new(&size_bytes)], Some(fd.as_fd()))
+                let fd = self
+                    .batch
+                    .fds
+                    .front()
+                    .expect("memfd queued with its marker");
+                (
+                    [IoSlice::new(&header), IoSlice::new(&size_bytes)],
+                    Some(fd.as_fd()),
+                )
             }
         };
         // Fast path: the socket usually has room, and trying costs one system call.
@@ -645,9 +676,9 @@ impl Drop for Flusher {
 /// Classifies a write error.
 fn failure(e: io::Error) -> End {
     match rustix::io::Errno::from_io_error(&e) {
-        Some(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET | rustix::io::Errno::NOTCONN) => {
-            End::Disconnected
-        }
+        Some(
+            rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET | rustix::io::Errno::NOTCONN,
+        ) => End::Disconnected,
         _ => End::Failed(e.kind(), e.to_string()),
     }
 }

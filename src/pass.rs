@@ -111,7 +111,10 @@ where
         .into_iter()
         .map(|fd| crate::sys::inherit_in_child(cmd, fd).to_string())
         .collect();
-    cmd.env(name, format!("{PREFIX}:{}:{}", kind.as_str(), numbers.join(",")));
+    cmd.env(
+        name,
+        format!("{PREFIX}:{}:{}", kind.as_str(), numbers.join(",")),
+    );
     Ok(())
 }
 
@@ -122,7 +125,10 @@ pub(crate) fn passed(kind: Kind, fds: Vec<OwnedFd>) -> (PassedKind, Vec<OwnedFd>
 /// Takes the `N` descriptors passed under `name`, checking they were passed as `expected`.
 pub(crate) fn take<const N: usize>(name: &str, expected: Kind) -> Result<[OwnedFd; N], Error> {
     let value = std::env::var_os(name).ok_or_else(|| Error::NotPassed { name: name.into() })?;
-    let bad = |reason: &str| Error::BadEnv { name: name.into(), reason: reason.into() };
+    let bad = |reason: &str| Error::BadEnv {
+        name: name.into(),
+        reason: reason.into(),
+    };
     let value = value.to_str().ok_or_else(|| bad("not UTF-8"))?;
     let mut parts = value.splitn(3, ':');
     if parts.next() != Some(PREFIX) {

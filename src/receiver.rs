@@ -24,8 +24,8 @@ use crate::{pass, sys, wire};
 /// yields `Result<T, RecvError>` and ends at `Closed`.
 ///
 /// Items already read from the socket into this process (the rest of a batch) are lost if
-/// every `Receiver` in the process is dropped; with [`Options::batch_items(1)`]
-/// (crate::Options::batch_items) there are none.
+/// every `Receiver` in the process is dropped; with
+/// [`Options::batch_items`]`(1)` there are none.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -91,7 +91,10 @@ impl<T: DeserializeOwned> Receiver<T> {
     pub fn from_env_with(name: &str, opts: &Options) -> Result<Self, Error> {
         crate::options::runtime()?;
         let [fd] = pass::take(name, pass::Kind::Receiver)?;
-        Ok(Self::from_socket(Arc::new(crate::options::register(fd)?), opts))
+        Ok(Self::from_socket(
+            Arc::new(crate::options::register(fd)?),
+            opts,
+        ))
     }
 
     /// Receives the next item, waiting for one.
@@ -123,7 +126,10 @@ impl<T: DeserializeOwned> Receiver<T> {
         if let Some(result) = self.inbox.next_buffered() {
             return result;
         }
-        match self.inbox.read_datagram(self.inbox.socket.get_ref().as_fd()) {
+        match self
+            .inbox
+            .read_datagram(self.inbox.socket.get_ref().as_fd())
+        {
             Ok(Some(result)) => result,
             Ok(None) => self.inbox.next_buffered().unwrap_or(Err(RecvError::Empty)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(RecvError::Empty),
@@ -165,7 +171,10 @@ impl<T: DeserializeOwned> Receiver<T> {
         use rustix::event::{PollFd, PollFlags};
         let fd = self.inbox.socket.get_ref();
         let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
     }
 }

@@ -46,9 +46,11 @@ pub struct Sender<T> {
 /// The futures a `Sender` used as a [`futures_sink::Sink`] keeps between polls.
 #[derive(Default)]
 struct SinkState {
-    room: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
-    flush: Option<Pin<Box<dyn Future<Output = Result<(), FlushError>> + Send + Sync>>>,
+    room: Option<BoxFuture<()>>,
+    flush: Option<BoxFuture<Result<(), FlushError>>>,
 }
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + Sync>>;
 
 impl<T> Sender<T>
 where
@@ -122,7 +124,10 @@ where
             match deadline {
                 None => self.outbox.room().await,
                 Some(at) => {
-                    if tokio::time::timeout_at(at, self.outbox.room()).await.is_err() {
+                    if tokio::time::timeout_at(at, self.outbox.room())
+                        .await
+                        .is_err()
+                    {
                         return Err(SendError::new(item, SendErrorKind::Timeout));
                     }
                 }
@@ -341,7 +346,11 @@ impl<T: DeserializeOwned> Drained<T> {
                 None => undecodable += 1,
             }
         }
-        Drained { items, undecodable, outcome }
+        Drained {
+            items,
+            undecodable,
+            outcome,
+        }
     }
 }
 

@@ -133,7 +133,10 @@ pub(crate) fn recv_datagram(
 pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
     use rustix::event::{PollFd, PollFlags};
     let mut fds = [PollFd::new(&fd, PollFlags::IN | PollFlags::RDHUP)];
-    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     match rustix::event::poll(&mut fds, Some(&zero)) {
         Ok(_) => fds[0]
             .revents()

@@ -95,7 +95,10 @@ pub(crate) fn parse(datagram: &[u8], max_item: u64) -> Result<Body, DecodeError>
             }
             let size = u64::from_le_bytes(datagram[8..16].try_into().expect("8 bytes"));
             if size > max_item {
-                return Err(DecodeError::TooLarge { size, max: max_item });
+                return Err(DecodeError::TooLarge {
+                    size,
+                    max: max_item,
+                });
             }
             Ok(Body::OutOfLine { size })
         }
@@ -126,7 +129,10 @@ pub(crate) struct Frames {
 
 impl Frames {
     pub(crate) fn new(count: u32) -> Self {
-        Frames { pos: HEADER_LEN, left: count }
+        Frames {
+            pos: HEADER_LEN,
+            left: count,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -173,9 +179,16 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
     limit: usize,
 ) -> Result<usize, EncodeFail> {
     let start = out.len();
-    let mut guard = Rollback { out, start, armed: true };
+    let mut guard = Rollback {
+        out,
+        start,
+        armed: true,
+    };
     guard.out.extend_from_slice(&[0; FRAME_PREFIX]);
-    let flavor = AppendVec { out: guard.out, end: start + FRAME_PREFIX + limit };
+    let flavor = AppendVec {
+        out: guard.out,
+        end: start + FRAME_PREFIX + limit,
+    };
     let too_long = match postcard::serialize_with_flavor(item, flavor) {
         Ok(()) => false,
         Err(postcard::Error::SerializeBufferFull) => true,
@@ -195,7 +208,10 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
 /// Encodes `item` with no length limit into a fresh buffer (for out-of-line items).
 pub(crate) fn encode_whole<T: Serialize + ?Sized>(item: &T) -> Result<Vec<u8>, postcard::Error> {
     let mut out = Vec::new();
-    let flavor = AppendVec { out: &mut out, end: usize::MAX };
+    let flavor = AppendVec {
+        out: &mut out,
+        end: usize::MAX,
+    };
     postcard::serialize_with_flavor(item, flavor)?;
     Ok(out)
 }
@@ -266,7 +282,9 @@ mod tests {
         let d = batch(&[b"ab", b"", b"cde"]);
         assert_eq!(parse(&d, 10), Ok(Body::Inline { count: 3 }));
         let mut f = Frames::new(3);
-        let got: Vec<&[u8]> = std::iter::from_fn(|| f.next_range(&d)).map(|r| &d[r]).collect();
+        let got: Vec<&[u8]> = std::iter::from_fn(|| f.next_range(&d))
+            .map(|r| &d[r])
+            .collect();
         assert_eq!(got, vec![&b"ab"[..], b"", b"cde"]);
     }
 
@@ -287,6 +305,9 @@ mod tests {
     fn out_of_line_size_is_bounded() {
         let mut d = header(KIND_OUT_OF_LINE, 1).to_vec();
         d.extend_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(matches!(parse(&d, 1 << 30), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(
+            parse(&d, 1 << 30),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 }

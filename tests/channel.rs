@@ -11,7 +11,10 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn try_send_on_a_full_buffer_gives_the_item_back() {
-    let (tx, rx) = procq::Options::new().buffer_bytes(4096).channel::<String>().unwrap();
+    let (tx, rx) = procq::Options::new()
+        .buffer_bytes(4096)
+        .channel::<String>()
+        .unwrap();
     let mut accepted = 0;
     let err = loop {
         match tx.try_send(format!("item {accepted}")) {
@@ -24,17 +27,26 @@ async fn try_send_on_a_full_buffer_gives_the_item_back() {
     assert_eq!(err.into_inner(), format!("item {accepted}"));
     drop(tx);
     for i in 0..accepted {
-        assert_eq!(rx.recv_timeout(PATIENCE).await.unwrap(), format!("item {i}"));
+        assert_eq!(
+            rx.recv_timeout(PATIENCE).await.unwrap(),
+            format!("item {i}")
+        );
     }
 }
 
 #[tokio::test]
 async fn send_timeout_gives_up_with_the_item_when_nobody_reads() {
-    let (tx, _rx) = procq::Options::new().buffer_bytes(1).channel::<Vec<u32>>().unwrap();
+    let (tx, _rx) = procq::Options::new()
+        .buffer_bytes(1)
+        .channel::<Vec<u32>>()
+        .unwrap();
     // Fill the kernel and the one-byte buffer.
     let big = vec![7u32; 10_000];
     let err = loop {
-        match tx.send_timeout(big.clone(), Duration::from_millis(50)).await {
+        match tx
+            .send_timeout(big.clone(), Duration::from_millis(50))
+            .await
+        {
             Ok(()) => continue,
             Err(e) => break e,
         }
@@ -47,7 +59,10 @@ async fn send_timeout_gives_up_with_the_item_when_nobody_reads() {
 async fn recv_timeout_and_try_recv_on_an_empty_channel() {
     let (tx, rx) = procq::channel::<u8>().unwrap();
     assert!(matches!(rx.try_recv(), Err(RecvError::Empty)));
-    assert!(matches!(rx.recv_timeout(Duration::from_millis(20)).await, Err(RecvError::Timeout)));
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_millis(20)).await,
+        Err(RecvError::Timeout)
+    ));
     assert!(!rx.is_ready());
     tx.send(1).await.unwrap();
     tx.flush().await.unwrap();
@@ -94,9 +109,15 @@ async fn an_encoding_error_reaches_the_caller_and_loses_nothing_else() {
 
 #[tokio::test]
 async fn an_item_over_max_item_bytes_is_refused() {
-    let (tx, _rx) = procq::Options::new().max_item_bytes(100_000).channel::<Vec<u8>>().unwrap();
+    let (tx, _rx) = procq::Options::new()
+        .max_item_bytes(100_000)
+        .channel::<Vec<u8>>()
+        .unwrap();
     let err = tx.send(vec![1u8; 200_000]).await.unwrap_err();
-    assert!(matches!(err.kind(), SendErrorKind::TooLarge { max: 100_000, .. }), "{err}");
+    assert!(
+        matches!(err.kind(), SendErrorKind::TooLarge { max: 100_000, .. }),
+        "{err}"
+    );
     assert_eq!(err.into_inner().len(), 200_000);
 }
 
@@ -181,7 +202,10 @@ async fn duplex_request_response_and_split() {
         assert_eq!(client.recv_timeout(PATIENCE).await.unwrap(), word.len());
     }
     drop(client);
-    tokio::time::timeout(PATIENCE, server).await.unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -194,7 +218,10 @@ async fn channels_need_a_runtime() {
 
 #[tokio::test]
 async fn a_cancelled_send_drops_its_item_and_an_accepted_one_arrives() {
-    let (tx, rx) = procq::Options::new().buffer_bytes(1).channel::<Vec<u64>>().unwrap();
+    let (tx, rx) = procq::Options::new()
+        .buffer_bytes(1)
+        .channel::<Vec<u64>>()
+        .unwrap();
     let mut accepted = Vec::new();
     let mut cancelled = Vec::new();
     for i in 0..2000u64 {
@@ -217,4 +244,12 @@ async fn a_cancelled_send_drops_its_item_and_an_accepted_one_arrives() {
         assert_eq!(v[0], accepted.remove(0), "cancelled items never arrive");
     }
     assert!(accepted.is_empty(), "accepted items all arrive");
+}
+
+#[test]
+fn handles_are_send_sync_and_clone() {
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+    send_sync_clone::<procq::Sender<String>>();
+    send_sync_clone::<procq::Receiver<String>>();
+    send_sync_clone::<procq::Duplex<String, u8>>();
 }

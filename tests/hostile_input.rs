@@ -62,7 +62,9 @@ async fn garbage_datagrams_cost_only_themselves() {
     let before = open_fd_count();
     let (tx, rx) = procq::channel::<u64>().unwrap();
     let mut cmd = tokio::process::Command::new("python3");
-    cmd.args(["-c", FOREIGN_WRITER]).stdout(Stdio::piped()).kill_on_drop(true);
+    cmd.args(["-c", FOREIGN_WRITER])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
     procq::pass(&mut cmd, "CH", tx).unwrap();
     let mut kid = common::Kid::spawn(cmd);
     let oversize = kid.report().await == "oversize 1";
@@ -85,7 +87,10 @@ async fn garbage_datagrams_cost_only_themselves() {
         BadCount(2),
         BadCount(1),
         BadCount(4_000_000_000),
-        TooLarge { size: 1 << 40, max: 4 << 30 },
+        TooLarge {
+            size: 1 << 40,
+            max: 4 << 30,
+        },
         NotSealed,
         NotSealed,
         Descriptor,
@@ -94,7 +99,11 @@ async fn garbage_datagrams_cost_only_themselves() {
         Version(7),
     ];
     // The bad item's error (its datagram's good item 7 follows), then the empty datagram.
-    assert_eq!(errors.len(), expected.len() + 2 + usize::from(oversize), "{errors:?}");
+    assert_eq!(
+        errors.len(),
+        expected.len() + 2 + usize::from(oversize),
+        "{errors:?}"
+    );
     assert!(matches!(errors[expected.len()], Item(_)), "{errors:?}");
     expected.push(errors[expected.len()].clone());
     expected.push(Empty);
@@ -106,5 +115,9 @@ async fn garbage_datagrams_cost_only_themselves() {
     assert!(kid.exit_within(Duration::from_secs(30)).await.success());
     drop(rx);
     drop(kid); // its stdout pipe
-    assert_eq!(open_fd_count(), before, "descriptors that came with garbage were closed");
+    assert_eq!(
+        open_fd_count(),
+        before,
+        "descriptors that came with garbage were closed"
+    );
 }

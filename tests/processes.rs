@@ -33,7 +33,12 @@ impl Checked {
     fn new(sender: u32, seq: u64, len: usize) -> Self {
         let payload: Vec<u8> = (0..len).map(|i| (i as u64 * 31 + seq) as u8).collect();
         let sum = checksum(&payload);
-        Checked { sender, seq, payload, sum }
+        Checked {
+            sender,
+            seq,
+            payload,
+            sum,
+        }
     }
     fn is_intact(&self) -> bool {
         checksum(&self.payload) == self.sum
@@ -41,7 +46,9 @@ impl Checked {
 }
 
 fn checksum(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn vm_hwm_kib() -> u64 {
@@ -85,7 +92,7 @@ async fn play(role: &str) {
             let rx = procq::Receiver::<u32>::from_env("CH").unwrap();
             report("ready");
             let mut got = 0;
-            while let Ok(_) = rx.recv().await {
+            while rx.recv().await.is_ok() {
                 got += 1;
                 std::thread::sleep(Duration::from_millis(5)); // the work itself
             }
@@ -103,7 +110,12 @@ async fn play(role: &str) {
         // is close-on-exec), then rebuilds the passed half.
         "list-fds" => {
             let fds = inheritable_fds();
-            report(fds.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","));
+            report(
+                fds.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
             let rx = procq::Receiver::<u32>::from_env("CH").unwrap();
             report(rx.recv().await.unwrap());
         }
@@ -146,7 +158,10 @@ async fn play(role: &str) {
                 "{} {:?} {}",
                 took.as_millis(),
                 left.outcome(),
-                seqs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+                seqs.iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             ));
         }
         // Fills the channel (nobody reads), then returns from "main" without draining.
@@ -190,7 +205,14 @@ async fn play(role: &str) {
             tx.flush().await.unwrap();
             report(vm_hwm_kib());
         }
-        // A sender for the end-of-channel test: sends ITEMS items and exits.
+        // Answers each question with its length until the other end goes away.
+        "length-server" => {
+            let end = procq::Duplex::<usize, String>::from_env("CH").unwrap();
+            while let Ok(question) = end.recv().await {
+                end.send(question.len()).await.unwrap();
+            }
+            report("bye");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -234,7 +256,11 @@ fn assert_only_passed(child_fds: &str) {
         .map(|n| n.parse().unwrap())
         .filter(|n| !outside.contains(n))
         .collect();
-    assert_eq!(extra.len(), 1, "child has {child_fds}; inherited from outside: {outside:?}");
+    assert_eq!(
+        extra.len(),
+        1,
+        "child has {child_fds}; inherited from outside: {outside:?}"
+    );
 }
 
 fn spawn_with<P: procq::Passable>(role: &str, half: P, env: &[(&str, String)]) -> Kid {
@@ -250,8 +276,9 @@ fn spawn_with<P: procq::Passable>(role: &str, half: P, env: &[(&str, String)]) -
 async fn three_senders_three_receivers_deliver_each_item_exactly_once() {
     const PER_SENDER: u64 = 100_000;
     let (tx, rx) = procq::channel::<(u32, u64)>().unwrap();
-    let receivers: Vec<Kid> =
-        (0..3).map(|_| spawn_with("numbered-receiver", rx.clone(), &[])).collect();
+    let receivers: Vec<Kid> = (0..3)
+        .map(|_| spawn_with("numbered-receiver", rx.clone(), &[]))
+        .collect();
     drop(rx);
     let senders: Vec<Kid> = (0..3)
         .map(|me| {
@@ -286,8 +313,13 @@ async fn three_senders_three_receivers_deliver_each_item_exactly_once() {
 
 #[tokio::test]
 async fn batch_items_one_shares_work_fairly_between_workers() {
-    let (tx, rx) = procq::Options::new().batch_items(1).channel::<u32>().unwrap();
-    let mut workers: Vec<Kid> = (0..4).map(|_| spawn_with("slow-worker", rx.clone(), &[])).collect();
+    let (tx, rx) = procq::Options::new()
+        .batch_items(1)
+        .channel::<u32>()
+        .unwrap();
+    let mut workers: Vec<Kid> = (0..4)
+        .map(|_| spawn_with("slow-worker", rx.clone(), &[]))
+        .collect();
     drop(rx);
     for w in &mut workers {
         assert_eq!(w.report().await, "ready");
@@ -350,9 +382,15 @@ async fn only_the_passed_descriptor_reaches_a_std_child() {
     use std::io::BufRead;
     let (tx, rx) = procq::channel::<u32>().unwrap();
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1", "-q"])
-        .env(common::ROLE, "list-fds")
-        .stdout(std::process::Stdio::piped());
+    cmd.args([
+        "--exact",
+        "child_main",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(common::ROLE, "list-fds")
+    .stdout(std::process::Stdio::piped());
     procq::pass(&mut cmd, "CH", rx).unwrap();
     let mut child = cmd.spawn().unwrap();
     drop(cmd);
@@ -365,7 +403,10 @@ async fn only_the_passed_descriptor_reaches_a_std_child() {
             .filter_map(|l| l.strip_prefix("@@ ").map(str::to_string))
             .collect::<Vec<_>>()
     });
-    let lines = tokio::time::timeout(PATIENCE, lines).await.unwrap().unwrap();
+    let lines = tokio::time::timeout(PATIENCE, lines)
+        .await
+        .unwrap()
+        .unwrap();
     assert_only_passed(&lines[0]);
     assert_eq!(lines[1], "9");
     assert!(child.wait().unwrap().success());
@@ -391,7 +432,10 @@ async fn a_missing_or_wrong_name_is_a_clear_error() {
         "WRONG_KIND: `WRONG_KIND` holds a procq sender, not a receiver"
     );
     assert_eq!(kid.report().await, "sender: true");
-    assert!(kid.report().await.starts_with("twice: `WRONG_KIND` does not describe"));
+    assert!(kid
+        .report()
+        .await
+        .starts_with("twice: `WRONG_KIND` does not describe"));
     assert!(kid.exit_within(PATIENCE).await.success());
     let mut cmd = child_command("x");
     assert!(procq::pass(&mut cmd, "A=B", procq::channel::<u8>().unwrap().1).is_err());
@@ -436,7 +480,10 @@ async fn a_killed_receiver_gives_senders_an_error_carrying_the_item() {
     let deadline = Instant::now() + PATIENCE;
     let mut seq = 1;
     let err = loop {
-        assert!(Instant::now() < deadline, "sender never noticed the dead receiver");
+        assert!(
+            Instant::now() < deadline,
+            "sender never noticed the dead receiver"
+        );
         match tx.send(Checked::new(0, seq, 100)).await {
             Ok(()) => seq += 1,
             Err(e) => break e,
@@ -446,9 +493,15 @@ async fn a_killed_receiver_gives_senders_an_error_carrying_the_item() {
             let _ = tx.flush().await;
         }
     };
-    assert!(matches!(err.kind(), procq::SendErrorKind::Disconnected), "{err}");
+    assert!(
+        matches!(err.kind(), procq::SendErrorKind::Disconnected),
+        "{err}"
+    );
     assert_eq!(err.item().seq, seq, "the error carries the unsent item");
-    assert!(matches!(tx.flush().await, Err(procq::FlushError::Disconnected { .. })));
+    assert!(matches!(
+        tx.flush().await,
+        Err(procq::FlushError::Disconnected { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,7 +517,11 @@ async fn a_sender_killed_mid_batch_never_tears_an_item() {
     let mut check = |item: Checked| {
         assert!(item.is_intact(), "torn item from sender {}", item.sender);
         let next = per_sender.entry(item.sender).or_insert(0);
-        assert_eq!(item.seq, *next, "gap or reorder from sender {}", item.sender);
+        assert_eq!(
+            item.seq, *next,
+            "gap or reorder from sender {}",
+            item.sender
+        );
         *next += 1;
         (item.sender, *next)
     };
@@ -513,13 +570,21 @@ async fn drain_returns_exactly_the_undelivered_items_when_the_reader_dies() {
     let mut parts = line.splitn(3, ' ');
     let millis: u64 = parts.next().unwrap().parse().unwrap();
     let outcome = parts.next().unwrap();
-    let left: Vec<u64> =
-        parts.next().unwrap().split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let left: Vec<u64> = parts
+        .next()
+        .unwrap()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
     assert!(millis < 1500, "drain took {millis} ms");
     assert_eq!(outcome, "Disconnected");
     // The undelivered items are a contiguous run ending at the last one sent, none of
     // which the reader saw: exactly what never reached the kernel.
-    assert!(!left.is_empty(), "most of 1,000 8 KiB items cannot fit in the kernel");
+    assert!(
+        !left.is_empty(),
+        "most of 1,000 8 KiB items cannot fit in the kernel"
+    );
     let first = left[0];
     assert_eq!(left, (first..1000).collect::<Vec<_>>());
     assert!(read.iter().all(|&r| r < first));
@@ -582,6 +647,25 @@ async fn recv_raced_against_a_timer_for_100_000_rounds_loses_nothing() {
         next += 1;
     }
     assert_eq!(next, ITEMS, "every item arrived once, in order");
-    assert!(won > 0 && lost > 0, "both branches must win sometimes ({won} / {lost})");
+    assert!(
+        won > 0 && lost > 0,
+        "both branches must win sometimes ({won} / {lost})"
+    );
+    assert!(kid.exit_within(PATIENCE).await.success());
+}
+
+#[tokio::test]
+async fn duplex_request_response_with_a_child_process() {
+    let (client, server) = procq::duplex::<String, usize>().unwrap();
+    let mut kid = spawn_with("length-server", server, &[]);
+    for n in [0usize, 1, 10, 100_000, 3] {
+        client.send("x".repeat(n)).await.unwrap();
+        assert_eq!(client.recv_timeout(PATIENCE).await.unwrap(), n);
+    }
+    let (tx, rx) = client.split();
+    tx.send("four".into()).await.unwrap();
+    assert_eq!(rx.recv_timeout(PATIENCE).await.unwrap(), 4);
+    drop((tx, rx));
+    assert_eq!(kid.report().await, "bye");
     assert!(kid.exit_within(PATIENCE).await.success());
 }

@@ -10,5 +10,8 @@ async fn send_and_receive_in_one_process() {
         assert_eq!(rx.recv().await.unwrap(), (i, format!("item {i}")));
     }
     drop(tx);
-    assert!(matches!(rx.recv_timeout(Duration::from_secs(5)).await, Err(procq::RecvError::Closed)));
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(5)).await,
+        Err(procq::RecvError::Closed)
+    ));
 }

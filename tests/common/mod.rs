@@ -17,12 +17,18 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// dispatches on `role`.
 pub fn child_command(role: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
-    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE, role)
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args([
+        "--exact",
+        "child_main",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE, role)
+    .env("RUST_BACKTRACE", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .kill_on_drop(true);
     cmd
 }
 
@@ -42,7 +48,10 @@ impl Kid {
         let mut child = cmd.spawn().expect("spawn child");
         drop(cmd); // close the parent's copies of passed descriptors
         let stdout = child.stdout.take().expect("piped stdout");
-        Kid { child, lines: BufReader::new(stdout).lines() }
+        Kid {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
     }
 
     /// The next report line (without the `@@ ` prefix); fails the test after `PATIENCE`.
