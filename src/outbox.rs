@@ -259,22 +259,21 @@ impl Outbox {
         match wire::encode_frame(item, &mut bytes, self.limits.inline_item) {
             Ok(_) => Ok(OwnedFrame::Inline(bytes)),
             Err(wire::EncodeFail::Encode(e)) => Err(SendErrorKind::Encode(e)),
-            Err(wire::EncodeFail::TooLong) => {
-                let whole = wire::encode_whole(item).map_err(SendErrorKind::Encode)?;
-                self.out_of_line(&whole)
-            }
+            Err(wire::EncodeFail::TooLong) => self.out_of_line(item),
         }
     }
 
-    fn out_of_line(&self, encoded: &[u8]) -> Result<OwnedFrame, SendErrorKind> {
-        let size = encoded.len() as u64;
-        if size > self.limits.max_item {
-            return Err(SendErrorKind::TooLarge {
-                size,
-                max: self.limits.max_item,
-            });
-        }
-        let fd = sys::sealed_memfd(encoded).map_err(SendErrorKind::Io)?;
+    /// Encodes a large item straight into a new memfd and seals it.
+    fn out_of_line<T: serde::Serialize>(&self, item: &T) -> Result<OwnedFrame, SendErrorKind> {
+        let max = self.limits.max_item;
+        let file = std::fs::File::from(sys::memfd().map_err(SendErrorKind::Io)?);
+        let size = wire::encode_into_file(item, &file, max).map_err(|e| match e {
+            wire::FileEncodeFail::TooLarge { size } => SendErrorKind::TooLarge { size, max },
+            wire::FileEncodeFail::Encode(e) => SendErrorKind::Encode(e),
+            wire::FileEncodeFail::Io(e) => SendErrorKind::Io(e),
+        })?;
+        let fd = OwnedFd::from(file);
+        sys::seal(&fd).map_err(SendErrorKind::Io)?;
         Ok(OwnedFrame::OutOfLine { fd, size })
     }
 

@@ -162,32 +162,33 @@ const ITEM_SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::WRITE)
     .union(SealFlags::SEAL);
 
-/// Writes `bytes` into a new memfd and seals it against any change.
+/// A new, empty memfd that can be sealed: an out-of-line item is written into it, then
+/// [`seal`]ed.
 #[cfg(target_os = "linux")]
-pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create(
+pub(crate) fn memfd() -> io::Result<OwnedFd> {
+    Ok(rustix::fs::memfd_create(
         "procq-item",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )?;
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match rustix::io::write(&fd, rest) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => rest = &rest[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    rustix::fs::fcntl_add_seals(&fd, ITEM_SEALS)?;
-    Ok(fd)
+    )?)
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn sealed_memfd(_bytes: &[u8]) -> io::Result<OwnedFd> {
+pub(crate) fn memfd() -> io::Result<OwnedFd> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "items larger than one datagram need memfd (Linux only)",
     ))
+}
+
+/// Seals a memfd against every change, so a reader may map it.
+#[cfg(target_os = "linux")]
+pub(crate) fn seal(fd: &OwnedFd) -> io::Result<()> {
+    Ok(rustix::fs::fcntl_add_seals(fd, ITEM_SEALS)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn seal(_fd: &OwnedFd) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 /// Why a received descriptor could not be read as an out-of-line item.
@@ -330,10 +331,19 @@ pub(crate) fn claim_inherited(raw: RawFd) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
 
+    fn sealed_memfd(bytes: &[u8]) -> OwnedFd {
+        use std::io::Write;
+        let mut file = std::fs::File::from(memfd().unwrap());
+        file.write_all(bytes).unwrap();
+        let fd = OwnedFd::from(file);
+        seal(&fd).unwrap();
+        fd
+    }
+
     #[test]
     fn memfd_round_trip_through_a_mapping() {
         let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
-        let fd = sealed_memfd(&data).unwrap();
+        let fd = sealed_memfd(&data);
         let map = map_sealed_memfd(&fd, data.len() as u64).unwrap();
         assert_eq!(&map[..], &data[..]);
         assert!(matches!(

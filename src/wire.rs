@@ -205,15 +205,75 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
     Ok(len)
 }
 
-/// Encodes `item` with no length limit into a fresh buffer (for out-of-line items).
-pub(crate) fn encode_whole<T: Serialize + ?Sized>(item: &T) -> Result<Vec<u8>, postcard::Error> {
-    let mut out = Vec::new();
-    let flavor = AppendVec {
-        out: &mut out,
-        end: usize::MAX,
+/// Why [`encode_into_file`] failed.
+#[derive(Debug)]
+pub(crate) enum FileEncodeFail {
+    /// The encoding is longer than `max` bytes; `size` is its full length.
+    TooLarge { size: u64 },
+    Encode(postcard::Error),
+    Io(std::io::Error),
+}
+
+/// Encodes `item` straight into `file` (an out-of-line item's memfd), with no copy in
+/// memory, stopping once it passes `max` bytes. Returns the encoded length.
+pub(crate) fn encode_into_file<T: Serialize + ?Sized>(
+    item: &T,
+    file: &std::fs::File,
+    max: u64,
+) -> Result<u64, FileEncodeFail> {
+    use std::io::Write;
+    let mut out = Limited {
+        inner: std::io::BufWriter::with_capacity(1024 * 1024, file),
+        written: 0,
+        max,
+        over: false,
+        error: None,
     };
-    postcard::serialize_with_flavor(item, flavor)?;
-    Ok(out)
+    let result = postcard::to_io(item, &mut out).map(|_| ());
+    if out.over {
+        let size = postcard::experimental::serialized_size(item).map_or(u64::MAX, |s| s as u64);
+        return Err(FileEncodeFail::TooLarge { size });
+    }
+    if let Some(e) = out.error.take() {
+        return Err(FileEncodeFail::Io(e));
+    }
+    result.map_err(FileEncodeFail::Encode)?;
+    out.inner.flush().map_err(FileEncodeFail::Io)?;
+    Ok(out.written)
+}
+
+/// A writer that counts, refuses to pass `max` bytes, and remembers its I/O error (which
+/// postcard would otherwise flatten into its own error type).
+struct Limited<W> {
+    inner: W,
+    written: u64,
+    max: u64,
+    over: bool,
+    error: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> std::io::Write for Limited<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() as u64 > self.max {
+            self.over = true;
+            return Err(std::io::ErrorKind::FileTooLarge.into());
+        }
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.written += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let kind = e.kind();
+                self.error = Some(e);
+                Err(kind.into())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Truncates a buffer back to `start` unless disarmed: a failed or panicking encoding
