@@ -209,7 +209,9 @@ pub(crate) fn encode_frame<T: Serialize + ?Sized>(
 #[derive(Debug)]
 pub(crate) enum FileEncodeFail {
     /// The encoding is longer than `max` bytes; `size` is its full length.
-    TooLarge { size: u64 },
+    TooLarge {
+        size: u64,
+    },
     Encode(postcard::Error),
     Io(std::io::Error),
 }
