@@ -187,6 +187,13 @@ pub enum RecvError {
     /// Nothing arrived before the deadline (only from `recv_timeout`).
     #[error("timed out waiting for an item")]
     Timeout,
+    /// The caller's buffer cannot hold the next message (only from `recv_bytes_into`);
+    /// the message stays first in line.
+    #[error("buffer too small: the next message is {needed} bytes")]
+    BufferTooSmall {
+        /// The next message's length.
+        needed: usize,
+    },
     /// One datagram, or one item in it, was not valid procq data. Only that datagram (or
     /// item) is lost; the next receive continues with the next one.
     #[error("invalid data received: {0}")]
@@ -246,6 +253,9 @@ pub enum DecodeError {
     /// The out-of-line item's descriptor is not a sealed memfd of the announced size.
     #[error("out-of-line item is not a sealed memfd of the announced size")]
     NotSealed,
+    /// The out-of-line item could not be mapped into memory.
+    #[error("out-of-line item could not be mapped: {0}")]
+    Map(io::ErrorKind),
     /// The item's bytes are not a valid encoding of the receiver's type.
     #[error("item does not decode: {0}")]
     Item(postcard::Error),

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -56,6 +56,8 @@ struct Inbox {
 struct InboxState {
     buf: Box<[u8]>,
     frames: wire::Frames,
+    /// An out-of-line item received and not yet taken.
+    out_of_line: Option<sys::Mapping>,
     fds: Vec<OwnedFd>,
     closed: bool,
 }
@@ -69,6 +71,7 @@ impl<T: DeserializeOwned> Receiver<T> {
                 state: Mutex::new(InboxState {
                     buf: vec![0; wire::MAX_DATAGRAM].into_boxed_slice(),
                     frames: wire::Frames::default(),
+                    out_of_line: None,
                     fds: Vec::new(),
                     closed: false,
                 }),
@@ -115,68 +118,92 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// Like [`recv`](Self::recv), but gives up with [`RecvError::Timeout`] after `timeout`.
     /// Cancel-safe; a timeout loses nothing.
     pub async fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvError> {
-        match tokio::time::timeout(timeout, self.recv()).await {
-            Ok(result) => result,
-            Err(_) => Err(RecvError::Timeout),
-        }
+        with_timeout(timeout, self.recv()).await
     }
 
     /// Receives an item if one is ready now; [`RecvError::Empty`] if not.
     pub fn try_recv(&self) -> Result<T, RecvError> {
-        if let Some(result) = self.inbox.next_buffered() {
-            return result;
-        }
-        match self
-            .inbox
-            .read_datagram(self.inbox.socket.get_ref().as_fd())
-        {
-            Ok(Some(result)) => result,
-            Ok(None) => self.inbox.next_buffered().unwrap_or(Err(RecvError::Empty)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(RecvError::Empty),
-            Err(e) => Err(RecvError::Io(e)),
-        }
+        self.inbox.try_take(&mut decode::<T>).and_then(flatten)
     }
 
     /// Polls for the next item: the building block of [`recv`](Self::recv) for hand-written
     /// futures. On `Pending`, the task is woken when the socket becomes readable.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
-        loop {
-            if let Some(result) = self.inbox.next_buffered() {
-                return Poll::Ready(result);
-            }
-            let mut guard = match self.inbox.socket.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(guard)) => guard,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
-            };
-            match guard.try_io(|socket| self.inbox.read_datagram(socket.get_ref().as_fd())) {
-                Ok(Ok(Some(result))) => return Poll::Ready(result),
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
-                // Readiness was stale and is now cleared; the next poll registers a waker.
-                Err(_would_block) => continue,
-            }
-        }
+        self.inbox.poll_take(cx, &mut decode::<T>).map(|r| r.and_then(flatten))
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Receives the next message's bytes as they were sent, without decoding: what
+    /// [`Sender::send_bytes`](crate::Sender::send_bytes) sent, or an item's postcard
+    /// encoding. Python's `Connection.recv_bytes()`. Cancel-safe.
+    pub async fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        std::future::poll_fn(|cx| self.inbox.poll_take(cx, &mut |b: &[u8]| Take::Consume(b.to_vec())))
+            .await
     }
 
-    /// Is there an item ready to receive right now (buffered or in the socket)? Does not
+    /// [`recv_bytes`](Self::recv_bytes) with a deadline. Cancel-safe.
+    pub async fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+        with_timeout(timeout, self.recv_bytes()).await
+    }
+
+    /// Receives the next message's bytes into `buf`, returning their length. If `buf` is too
+    /// small, fails with [`RecvError::BufferTooSmall`] saying how much is needed, and the
+    /// message stays first in line for the next call. Python's
+    /// `Connection.recv_bytes_into()`. Cancel-safe.
+    pub async fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let mut take = |b: &[u8]| {
+            if b.len() > buf.len() {
+                Take::Keep(Err(RecvError::BufferTooSmall { needed: b.len() }))
+            } else {
+                buf[..b.len()].copy_from_slice(b);
+                Take::Consume(Ok(b.len()))
+            }
+        };
+        std::future::poll_fn(|cx| self.inbox.poll_take(cx, &mut take))
+            .await
+            .and_then(|r| r)
+    }
+
+    /// Waits up to `timeout` for a message (or the end of the channel) to be ready to
+    /// receive, without receiving it. Python's `Connection.poll(timeout)`. Cancel-safe.
+    pub async fn poll(&self, timeout: Duration) -> bool {
+        let ready = std::future::poll_fn(|cx| self.inbox.poll_ready(cx));
+        tokio::time::timeout(timeout, ready).await.is_ok()
+    }
+
+    /// Is a message (or the end of the channel) ready to receive right now? Does not
     /// consume anything. Python's `Connection.poll()` with no timeout.
     pub fn is_ready(&self) -> bool {
-        {
-            let st = self.inbox.lock();
-            if !st.frames.is_empty() || st.closed {
-                return true;
-            }
-        }
-        use rustix::event::{PollFd, PollFlags};
-        let fd = self.inbox.socket.get_ref();
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        self.inbox.has_buffered() || sys::has_input(self.inbox.socket.get_ref().as_fd())
     }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Take<Result<T, DecodeError>> {
+    Take::Consume(wire::decode(bytes))
+}
+
+fn flatten<T>(r: Result<T, DecodeError>) -> Result<T, RecvError> {
+    r.map_err(RecvError::Decode)
+}
+
+/// Runs a receive with a deadline, mapping the deadline to [`RecvError::Timeout`].
+pub(crate) async fn with_timeout<R>(
+    timeout: Duration,
+    recv: impl std::future::Future<Output = Result<R, RecvError>>,
+) -> Result<R, RecvError> {
+    match tokio::time::timeout(timeout, recv).await {
+        Ok(result) => result,
+        Err(_) => Err(RecvError::Timeout),
+    }
+}
+
+/// What a taker decided about the message it was shown.
+enum Take<R> {
+    /// Done with it: the next call sees the next message.
+    Consume(R),
+    /// Leave it first in line (`recv_bytes_into` with a buffer too small).
+    Keep(R),
 }
 
 impl<T> Receiver<T> {
@@ -190,72 +217,156 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next item of the current datagram, or `Closed` once the channel ended.
-    fn next_buffered<T: DeserializeOwned>(&self) -> Option<Result<T, RecvError>> {
+    fn has_buffered(&self) -> bool {
+        let st = self.lock();
+        st.out_of_line.is_some() || !st.frames.is_empty() || st.closed
+    }
+
+    /// Shows the next message to `take`, waiting for one.
+    fn poll_take<R>(
+        &self,
+        cx: &mut Context<'_>,
+        take: &mut dyn FnMut(&[u8]) -> Take<R>,
+    ) -> Poll<Result<R, RecvError>> {
+        loop {
+            if let Some(result) = self.take_buffered(take) {
+                return Poll::Ready(result);
+            }
+            let mut guard = match self.socket.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(guard)) => guard,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
+            };
+            match guard.try_io(|socket| self.read_datagram(socket.get_ref().as_fd())) {
+                Ok(Ok(None)) => continue,
+                Ok(Ok(Some(bad))) => return Poll::Ready(Err(RecvError::Decode(bad))),
+                Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
+                // Readiness was stale and is now cleared; the next poll registers a waker.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Shows the next message to `take` if one is ready now.
+    fn try_take<R>(&self, take: &mut dyn FnMut(&[u8]) -> Take<R>) -> Result<R, RecvError> {
+        loop {
+            if let Some(result) = self.take_buffered(take) {
+                return result;
+            }
+            match self.read_datagram(self.socket.get_ref().as_fd()) {
+                Ok(None) => continue,
+                Ok(Some(bad)) => return Err(RecvError::Decode(bad)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(RecvError::Empty),
+                Err(e) => return Err(RecvError::Io(e)),
+            }
+        }
+    }
+
+    /// Ready once a message or the end of the channel is there; consumes nothing.
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.has_buffered() {
+                return Poll::Ready(());
+            }
+            let mut guard = match self.socket.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(guard)) => guard,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+            };
+            if sys::has_input(self.socket.get_ref().as_fd()) {
+                return Poll::Ready(());
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// Shows the next message of the current datagram to `take`, or reports the end of the
+    /// channel; `None` when a datagram must be read first.
+    fn take_buffered<R>(
+        &self,
+        take: &mut dyn FnMut(&[u8]) -> Take<R>,
+    ) -> Option<Result<R, RecvError>> {
         let mut st = self.lock();
         let st = &mut *st;
-        if let Some(range) = st.frames.next_range(&st.buf) {
-            return Some(wire::decode(&st.buf[range]).map_err(RecvError::Decode));
+        if let Some(map) = &st.out_of_line {
+            return Some(Ok(match take(map) {
+                Take::Consume(r) => {
+                    st.out_of_line = None;
+                    r
+                }
+                Take::Keep(r) => r,
+            }));
+        }
+        let mut after = st.frames.clone();
+        if let Some(range) = after.next_range(&st.buf) {
+            return Some(Ok(match take(&st.buf[range]) {
+                Take::Consume(r) => {
+                    st.frames = after;
+                    r
+                }
+                Take::Keep(r) => r,
+            }));
         }
         st.closed.then_some(Err(RecvError::Closed))
     }
 
-    /// Reads one datagram. An inline batch is kept for [`next_buffered`]; an out-of-line
-    /// item, an invalid datagram and the end of the channel produce a result at once.
+    /// Reads one datagram and keeps it for [`take_buffered`](Self::take_buffered). Returns
+    /// the error of a datagram that was not valid (already dropped), or `None`.
     /// `WouldBlock` passes through so the reactor can clear readiness.
-    fn read_datagram<T: DeserializeOwned>(
-        &self,
-        socket: std::os::fd::BorrowedFd<'_>,
-    ) -> io::Result<Option<Result<T, RecvError>>> {
+    fn read_datagram(&self, socket: BorrowedFd<'_>) -> io::Result<Option<DecodeError>> {
         let mut st = self.lock();
         let st = &mut *st;
-        if !st.frames.is_empty() || st.closed {
+        if !st.frames.is_empty() || st.out_of_line.is_some() || st.closed {
             return Ok(None); // another clone got here first
         }
         st.fds.clear();
         let got = sys::recv_datagram(socket, &mut st.buf, &mut st.fds)?;
-        let fail = |e: DecodeError| Ok(Some(Err(RecvError::Decode(e))));
+        let bad = self.accept(st, &got);
+        if bad.is_some() {
+            st.fds.clear(); // close whatever came with it
+        }
+        Ok(bad)
+    }
+
+    /// Validates a datagram just read into `st.buf`.
+    fn accept(&self, st: &mut InboxState, got: &sys::Datagram) -> Option<DecodeError> {
         if got.truncated {
-            st.fds.clear();
-            return fail(DecodeError::TooLong(wire::MAX_DATAGRAM));
+            return Some(DecodeError::TooLong(wire::MAX_DATAGRAM));
         }
         if got.len == 0 && st.fds.is_empty() {
             // End-of-channel and an empty datagram both read as 0 bytes; the socket's
             // hang-up flag tells them apart.
-            if sys::peer_hung_up(socket) {
+            if sys::peer_hung_up(self.socket.get_ref().as_fd()) {
                 st.closed = true;
-                return Ok(None);
+                return None;
             }
-            return fail(DecodeError::Empty);
+            return Some(DecodeError::Empty);
         }
         let body = match wire::parse(&st.buf[..got.len], self.max_item) {
             Ok(body) => body,
-            Err(e) => {
-                st.fds.clear();
-                return fail(e);
-            }
+            Err(e) => return Some(e),
         };
         match body {
             wire::Body::Inline { count } => {
                 if !st.fds.is_empty() || got.control_truncated {
-                    st.fds.clear();
-                    return fail(DecodeError::Descriptor);
+                    return Some(DecodeError::Descriptor);
                 }
                 st.frames = wire::Frames::new(count);
-                Ok(None)
+                None
             }
             wire::Body::OutOfLine { size } => {
                 if st.fds.len() != 1 || got.control_truncated {
-                    st.fds.clear();
-                    return fail(DecodeError::Descriptor);
+                    return Some(DecodeError::Descriptor);
                 }
                 let fd = st.fds.pop().expect("one descriptor");
-                let result = match sys::map_sealed_memfd(&fd, size) {
-                    Ok(map) => wire::decode(&map).map_err(RecvError::Decode),
-                    Err(sys::MapError::Io(e)) => Err(RecvError::Io(e)),
-                    Err(_) => Err(RecvError::Decode(DecodeError::NotSealed)),
-                };
-                Ok(Some(result))
+                match sys::map_sealed_memfd(&fd, size) {
+                    Ok(map) => {
+                        st.out_of_line = Some(map);
+                        None
+                    }
+                    Err(sys::MapError::Io(e)) => Some(DecodeError::Map(e.kind())),
+                    Err(_) => Some(DecodeError::NotSealed),
+                }
             }
         }
     }

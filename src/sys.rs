@@ -145,6 +145,14 @@ pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// Would a read on `fd` return at once (data, end-of-file or an error)?
+pub(crate) fn has_input(fd: BorrowedFd<'_>) -> bool {
+    use rustix::event::{PollFd, PollFlags};
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
+
 /// Duplicates `fd` (close-on-exec) at a number of 3 or more, so it can never land on a
 /// child's stdin, stdout or stderr.
 pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
