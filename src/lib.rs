@@ -63,8 +63,10 @@
 #![cfg(unix)]
 #![warn(missing_docs)]
 
+mod direct;
 mod duplex;
 mod error;
+mod frame;
 mod options;
 mod outbox;
 mod pass;

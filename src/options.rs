@@ -35,6 +35,7 @@ pub struct Options {
     pub(crate) batch_items: usize,
     pub(crate) datagram_bytes: usize,
     pub(crate) max_item_bytes: u64,
+    pub(crate) direct: bool,
 }
 
 impl Default for Options {
@@ -44,6 +45,7 @@ impl Default for Options {
             batch_items: usize::MAX,
             datagram_bytes: 64 * 1024,
             max_item_bytes: 4 * 1024 * 1024 * 1024,
+            direct: false,
         }
     }
 }
@@ -96,6 +98,15 @@ impl Options {
     /// by the receiver before it maps anything. Default 4 GiB.
     pub fn max_item_bytes(mut self, bytes: u64) -> Self {
         self.max_item_bytes = bytes;
+        self
+    }
+
+    /// Sends without a buffer: every `send` writes its own datagram and completes once the
+    /// kernel holds the item (or fails then and there); no flush task, nothing to drain.
+    /// Python's `Pipe` and `SimpleQueue` behave so. Lower latency for a lone message, far
+    /// lower throughput for a stream of small ones (one system call each). Default: off.
+    pub fn direct(mut self) -> Self {
+        self.direct = true;
         self
     }
 

@@ -24,43 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::error::{FlushError, SendErrorKind};
+use crate::frame::{Frame, Limits};
 use crate::options::{Options, Socket};
 use crate::{sys, wire};
-
-/// Limits fixed when the sending side is created.
-#[derive(Debug, Clone)]
-pub(crate) struct Limits {
-    buffer_bytes: usize,
-    batch_items: usize,
-    /// Largest datagram body (frames) we write.
-    body_bytes: usize,
-    /// Largest item encoding sent inline.
-    inline_item: usize,
-    max_item: u64,
-}
-
-impl Limits {
-    pub(crate) fn max_item(&self) -> u64 {
-        self.max_item
-    }
-
-    fn new(opts: &Options, socket: &Socket) -> Self {
-        // A datagram must also fit the kernel's send buffer (EMSGSIZE otherwise).
-        let kernel = sys::send_buffer_size(socket.get_ref().as_fd()).unwrap_or(200 * 1024);
-        let datagram = opts
-            .datagram_bytes
-            .min(kernel.saturating_sub(1024))
-            .max(4096);
-        let body_bytes = datagram - wire::HEADER_LEN;
-        Limits {
-            buffer_bytes: opts.buffer_bytes,
-            batch_items: opts.batch_items,
-            body_bytes,
-            inline_item: body_bytes - wire::FRAME_PREFIX,
-            max_item: opts.max_item_bytes,
-        }
-    }
-}
 
 /// Why the flush task stopped writing.
 #[derive(Debug, Clone)]
@@ -131,31 +97,6 @@ pub(crate) struct Outbox {
     /// Wakes waiters on progress: room freed, items written, the task's end.
     progress: Notify,
     limits: Limits,
-}
-
-/// An encoded item ready to append.
-pub(crate) enum Frame<'a> {
-    /// Wire frame: length prefix and bytes.
-    Inline(&'a [u8]),
-    OutOfLine {
-        fd: OwnedFd,
-        size: u64,
-    },
-}
-
-impl Frame<'_> {
-    fn cost(&self) -> usize {
-        match self {
-            Frame::Inline(b) => b.len(),
-            Frame::OutOfLine { size, .. } => usize::try_from(*size).unwrap_or(usize::MAX),
-        }
-    }
-}
-
-/// An owned [`Frame`], kept by a send that waits for room.
-pub(crate) enum OwnedFrame {
-    Inline(Vec<u8>),
-    OutOfLine { fd: OwnedFd, size: u64 },
 }
 
 impl Outbox {
@@ -248,7 +189,7 @@ impl Outbox {
                 Err(wire::EncodeFail::Encode(e)) => return Err(SendErrorKind::Encode(e)),
                 Err(wire::EncodeFail::TooLong) => {
                     drop(st);
-                    let frame = self.encode(item)?;
+                    let frame = Frame::encode(item, &self.limits)?;
                     return self.push_owned(frame, respect_limit).map_err(|(_, e)| e);
                 }
             }
@@ -259,63 +200,22 @@ impl Outbox {
         Ok(())
     }
 
-    /// Encodes `item` into an owned frame (for a send that will wait for room).
-    pub(crate) fn encode<T: serde::Serialize>(
+    /// Appends raw message bytes (a frame holding exactly `bytes`) if there is room.
+    pub(crate) fn try_push_raw(
         &self,
-        item: &T,
-    ) -> Result<OwnedFrame, SendErrorKind> {
-        let mut bytes = Vec::new();
-        match wire::encode_frame(item, &mut bytes, self.limits.inline_item) {
-            Ok(_) => Ok(OwnedFrame::Inline(bytes)),
-            Err(wire::EncodeFail::Encode(e)) => Err(SendErrorKind::Encode(e)),
-            Err(wire::EncodeFail::TooLong) => self.out_of_line(item),
-        }
+        bytes: &[u8],
+        respect_limit: bool,
+    ) -> Result<(), SendErrorKind> {
+        let frame = Frame::raw(bytes, &self.limits)?;
+        self.push_owned(frame, respect_limit).map_err(|(_, e)| e)
     }
 
-    /// Encodes a large item straight into a new memfd and seals it.
-    fn out_of_line<T: serde::Serialize>(&self, item: &T) -> Result<OwnedFrame, SendErrorKind> {
-        let max = self.limits.max_item;
-        let file = std::fs::File::from(sys::memfd().map_err(SendErrorKind::Io)?);
-        let size = wire::encode_into_file(item, &file, max).map_err(|e| match e {
-            wire::FileEncodeFail::TooLarge { size } => SendErrorKind::TooLarge { size, max },
-            wire::FileEncodeFail::Encode(e) => SendErrorKind::Encode(e),
-            wire::FileEncodeFail::Io(e) => SendErrorKind::Io(e),
-        })?;
-        let fd = OwnedFd::from(file);
-        sys::seal(&fd).map_err(SendErrorKind::Io)?;
-        Ok(OwnedFrame::OutOfLine { fd, size })
-    }
-
-    /// Appends an owned frame if there is room; gives it back otherwise.
+    /// Appends an encoded frame if there is room; gives it back otherwise.
     pub(crate) fn push_owned(
         &self,
-        frame: OwnedFrame,
+        frame: Frame,
         respect_limit: bool,
-    ) -> Result<(), (OwnedFrame, SendErrorKind)> {
-        match frame {
-            OwnedFrame::Inline(bytes) => {
-                match self.try_append(Frame::Inline(&bytes), respect_limit) {
-                    Ok(()) => Ok(()),
-                    Err((_, e)) => Err((OwnedFrame::Inline(bytes), e)),
-                }
-            }
-            OwnedFrame::OutOfLine { fd, size } => {
-                match self.try_append(Frame::OutOfLine { fd, size }, respect_limit) {
-                    Ok(()) => Ok(()),
-                    Err((Frame::OutOfLine { fd, size }, e)) => {
-                        Err((OwnedFrame::OutOfLine { fd, size }, e))
-                    }
-                    Err((Frame::Inline(_), _)) => unreachable!("frame kind is preserved"),
-                }
-            }
-        }
-    }
-
-    fn try_append<'a>(
-        &self,
-        frame: Frame<'a>,
-        respect_limit: bool,
-    ) -> Result<(), (Frame<'a>, SendErrorKind)> {
+    ) -> Result<(), (Frame, SendErrorKind)> {
         let wake = {
             let mut st = self.lock();
             if let Some(err) = st.refusal() {
@@ -328,7 +228,7 @@ impl Outbox {
             st.enqueued += 1;
             st.pending.items += 1;
             match frame {
-                Frame::Inline(bytes) => st.pending.bytes.extend_from_slice(bytes),
+                Frame::Inline(bytes) => st.pending.bytes.extend_from_slice(&bytes),
                 Frame::OutOfLine { fd, size } => {
                     st.pending
                         .bytes
@@ -716,10 +616,9 @@ impl Drop for Flusher {
 
 /// Classifies a write error.
 fn failure(e: io::Error) -> End {
-    match rustix::io::Errno::from_io_error(&e) {
-        Some(
-            rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET | rustix::io::Errno::NOTCONN,
-        ) => End::Disconnected,
-        _ => End::Failed(e.kind(), e.to_string()),
+    if sys::is_disconnect(&e) {
+        End::Disconnected
+    } else {
+        End::Failed(e.kind(), e.to_string())
     }
 }

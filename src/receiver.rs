@@ -129,7 +129,9 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// Polls for the next item: the building block of [`recv`](Self::recv) for hand-written
     /// futures. On `Pending`, the task is woken when the socket becomes readable.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
-        self.inbox.poll_take(cx, &mut decode::<T>).map(|r| r.and_then(flatten))
+        self.inbox
+            .poll_take(cx, &mut decode::<T>)
+            .map(|r| r.and_then(flatten))
     }
 }
 
@@ -138,8 +140,11 @@ impl<T> Receiver<T> {
     /// [`Sender::send_bytes`](crate::Sender::send_bytes) sent, or an item's postcard
     /// encoding. Python's `Connection.recv_bytes()`. Cancel-safe.
     pub async fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        std::future::poll_fn(|cx| self.inbox.poll_take(cx, &mut |b: &[u8]| Take::Consume(b.to_vec())))
-            .await
+        std::future::poll_fn(|cx| {
+            self.inbox
+                .poll_take(cx, &mut |b: &[u8]| Take::Consume(b.to_vec()))
+        })
+        .await
     }
 
     /// [`recv_bytes`](Self::recv_bytes) with a deadline. Cancel-safe.

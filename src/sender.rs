@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::direct::Direct;
 use crate::error::{Error, FlushError, SendError, SendErrorKind};
+use crate::frame::{Frame, Limits};
 use crate::options::{Options, Socket};
 use crate::outbox::{End, Frames, Outbox};
 use crate::{pass, sys, wire};
@@ -38,9 +40,18 @@ use crate::{pass, sys, wire};
 /// # Ok(()) }
 /// ```
 pub struct Sender<T> {
-    outbox: Arc<Outbox>,
+    flavor: Flavor,
     sink: SinkState,
     _item: PhantomData<fn(T)>,
+}
+
+/// The two ways of sending, behind one API (as crossbeam-channel's flavors are).
+#[derive(Clone)]
+enum Flavor {
+    /// Buffered and batched by a flush task: the default.
+    Buffered(Arc<Outbox>),
+    /// Every send writes its own datagram: [`Options::direct`].
+    Direct(Arc<Direct>),
 }
 
 /// The futures a `Sender` used as a [`futures_sink::Sink`] keeps between polls.
@@ -58,8 +69,14 @@ where
 {
     pub(crate) fn from_socket(socket: Arc<Socket>, opts: &Options) -> Result<Self, Error> {
         crate::options::runtime()?;
+        let flavor = if opts.direct {
+            let limits = Limits::new(opts, &socket);
+            Flavor::Direct(Arc::new(Direct::new(socket, limits)))
+        } else {
+            Flavor::Buffered(Outbox::spawn(socket, opts))
+        };
         Ok(Sender {
-            outbox: Outbox::spawn(socket, opts),
+            flavor,
             sink: SinkState::default(),
             _item: PhantomData,
         })
@@ -110,41 +127,32 @@ where
         item: T,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(), SendError<T>> {
-        match self.outbox.try_push(&item, true) {
-            Ok(()) => return Ok(()),
-            Err(SendErrorKind::Full) => {}
-            Err(kind) => return Err(SendError::new(item, kind)),
-        }
-        // Slow path: keep the encoding (and any memfd) while waiting for room.
-        let mut frame = match self.outbox.encode(&item) {
-            Ok(frame) => frame,
-            Err(kind) => return Err(SendError::new(item, kind)),
+        let result = match &self.flavor {
+            Flavor::Buffered(outbox) => match outbox.try_push(&item, true) {
+                Err(SendErrorKind::Full) => match Frame::encode(&item, outbox.limits()) {
+                    // Slow path: keep the encoding (and any memfd) while waiting for room.
+                    Ok(frame) => wait_and_push(outbox, frame, deadline).await,
+                    Err(kind) => Err(kind),
+                },
+                other => other,
+            },
+            Flavor::Direct(direct) => match Frame::encode(&item, direct.limits()) {
+                Ok(frame) => write_until(direct, &frame, deadline).await,
+                Err(kind) => Err(kind),
+            },
         };
-        loop {
-            match deadline {
-                None => self.outbox.room().await,
-                Some(at) => {
-                    if tokio::time::timeout_at(at, self.outbox.room())
-                        .await
-                        .is_err()
-                    {
-                        return Err(SendError::new(item, SendErrorKind::Timeout));
-                    }
-                }
-            }
-            match self.outbox.push_owned(frame, true) {
-                Ok(()) => return Ok(()),
-                Err((back, SendErrorKind::Full)) => frame = back,
-                Err((_, kind)) => return Err(SendError::new(item, kind)),
-            }
-        }
+        result.map_err(|kind| SendError::new(item, kind))
     }
 
     /// Sends an item if the buffer has room now, without waiting; `Full` gives it back.
     pub fn try_send(&self, item: T) -> Result<(), SendError<T>> {
-        self.outbox
-            .try_push(&item, true)
-            .map_err(|kind| SendError::new(item, kind))
+        let result = match &self.flavor {
+            Flavor::Buffered(outbox) => outbox.try_push(&item, true),
+            Flavor::Direct(direct) => {
+                Frame::encode(&item, direct.limits()).and_then(|f| direct.try_write(&f))
+            }
+        };
+        result.map_err(|kind| SendError::new(item, kind))
     }
 
     /// Resolves when every item this process sent before the call (through any clone) is
@@ -155,20 +163,34 @@ where
     /// Cancel-safe: dropping the future only stops the waiting. On a deadline, wrap it in
     /// [`tokio::time::timeout`]; the items keep flowing either way.
     pub async fn flush(&self) -> Result<(), FlushError> {
-        self.outbox.flush().await
+        match &self.flavor {
+            Flavor::Buffered(outbox) => outbox.flush().await,
+            Flavor::Direct(direct) => match direct.socket() {
+                Err(SendErrorKind::Disconnected) => {
+                    Err(FlushError::Disconnected { undelivered: 0 })
+                }
+                _ => Ok(()),
+            },
+        }
     }
 
     /// Stops this process's sending side: every clone's later sends fail with `Closed`.
     /// Items already sent are still written. Once they are, and once every process's
     /// senders are closed or gone, receivers see the end of the channel.
     pub fn close(&self) {
-        self.outbox.close();
+        match &self.flavor {
+            Flavor::Buffered(outbox) => outbox.close(),
+            Flavor::Direct(direct) => direct.close(),
+        }
     }
 
     /// Has this process's sending side been closed, drained or cut off from every
     /// receiver?
     pub fn is_closed(&self) -> bool {
-        self.outbox.is_closed()
+        match &self.flavor {
+            Flavor::Buffered(outbox) => outbox.is_closed(),
+            Flavor::Direct(direct) => direct.is_closed(),
+        }
     }
 
     /// Closes this process's sending side, flushes for at most `timeout`, and hands back
@@ -192,23 +214,109 @@ where
     /// Not cancel-safe: if the future is dropped, the channel is closed and the items not
     /// yet written stay buffered (reported when the sender drops) instead of returned.
     pub async fn drain(&self, timeout: Duration) -> Drained<T> {
-        let (frames, end) = self.outbox.drain(timeout).await;
-        Drained::decode(frames, end, self.outbox.limits().max_item())
+        match &self.flavor {
+            Flavor::Buffered(outbox) => {
+                let (frames, end) = outbox.drain(timeout).await;
+                Drained::decode(frames, end, outbox.limits().max_item)
+            }
+            Flavor::Direct(direct) => {
+                // Nothing is ever buffered: every send completed in the kernel or failed.
+                let outcome = match direct.socket() {
+                    Err(SendErrorKind::Disconnected) => DrainOutcome::Disconnected,
+                    _ => DrainOutcome::Flushed,
+                };
+                direct.close();
+                Drained {
+                    items: Vec::new(),
+                    undecodable: 0,
+                    outcome,
+                }
+            }
+        }
+    }
+}
+
+impl<T> Sender<T> {
+    /// Sends `bytes` as one message, exactly as given: the receiver gets them back with
+    /// [`Receiver::recv_bytes`](crate::Receiver::recv_bytes). Python's
+    /// `Connection.send_bytes()`. Waits for room as [`send`](Self::send) does and is
+    /// cancel-safe in the same way.
+    pub async fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendErrorKind> {
+        match &self.flavor {
+            Flavor::Buffered(outbox) => match outbox.try_push_raw(bytes, true) {
+                Err(SendErrorKind::Full) => {
+                    let frame = Frame::raw(bytes, outbox.limits())?;
+                    wait_and_push(outbox, frame, None).await
+                }
+                other => other,
+            },
+            Flavor::Direct(direct) => {
+                let frame = Frame::raw(bytes, direct.limits())?;
+                write_until(direct, &frame, None).await
+            }
+        }
+    }
+}
+
+/// Appends `frame` once the outbox has room, or gives up at `deadline`.
+async fn wait_and_push(
+    outbox: &Outbox,
+    mut frame: Frame,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(), SendErrorKind> {
+    loop {
+        match deadline {
+            None => outbox.room().await,
+            Some(at) => {
+                if tokio::time::timeout_at(at, outbox.room()).await.is_err() {
+                    return Err(SendErrorKind::Timeout);
+                }
+            }
+        }
+        match outbox.push_owned(frame, true) {
+            Ok(()) => return Ok(()),
+            Err((back, SendErrorKind::Full)) => frame = back,
+            Err((_, kind)) => return Err(kind),
+        }
+    }
+}
+
+/// Writes `frame` directly, waiting for room in the kernel until `deadline`.
+async fn write_until(
+    direct: &Direct,
+    frame: &Frame,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(), SendErrorKind> {
+    match direct.try_write(frame) {
+        Err(SendErrorKind::Full) => {}
+        other => return other,
+    }
+    match deadline {
+        None => direct.write(frame).await,
+        Some(at) => match tokio::time::timeout_at(at, direct.write(frame)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendErrorKind::Timeout),
+        },
     }
 }
 
 impl<T> Sender<T> {
     pub(crate) fn descriptor(&self) -> Result<std::os::fd::OwnedFd, Error> {
-        let socket = self.outbox.socket().ok_or(Error::Closed)?;
+        let socket = match &self.flavor {
+            Flavor::Buffered(outbox) => outbox.socket().ok_or(Error::Closed)?,
+            Flavor::Direct(direct) => direct.socket().map_err(|_| Error::Closed)?,
+        };
         Ok(sys::dup(std::os::fd::AsFd::as_fd(socket.get_ref()))?)
     }
 }
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
-        self.outbox.add_handle();
+        if let Flavor::Buffered(outbox) = &self.flavor {
+            outbox.add_handle();
+        }
         Sender {
-            outbox: self.outbox.clone(),
+            flavor: self.flavor.clone(),
             sink: SinkState::default(),
             _item: PhantomData,
         }
@@ -217,14 +325,16 @@ impl<T> Clone for Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        self.outbox.drop_handle();
+        if let Flavor::Buffered(outbox) = &self.flavor {
+            outbox.drop_handle();
+        }
     }
 }
 
 impl<T> fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sender")
-            .field("closed", &self.outbox.is_closed())
+            .field("direct", &matches!(self.flavor, Flavor::Direct(_)))
             .finish_non_exhaustive()
     }
 }
@@ -244,11 +354,20 @@ where
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
         if this.sink.room.is_none() {
-            if this.outbox.has_room() {
-                return Poll::Ready(Ok(()));
-            }
-            let outbox = this.outbox.clone();
-            this.sink.room = Some(Box::pin(async move { outbox.room().await }));
+            let room: BoxFuture<()> = match &this.flavor {
+                Flavor::Buffered(outbox) if outbox.has_room() => return Poll::Ready(Ok(())),
+                Flavor::Buffered(outbox) => {
+                    let outbox = outbox.clone();
+                    Box::pin(async move { outbox.room().await })
+                }
+                Flavor::Direct(direct) => match direct.socket() {
+                    Ok(socket) => Box::pin(async move {
+                        let _ = socket.writable().await;
+                    }),
+                    Err(_) => return Poll::Ready(Ok(())), // start_send reports it
+                },
+            };
+            this.sink.room = Some(room);
         }
         let room = this.sink.room.as_mut().expect("set above");
         ready!(room.as_mut().poll(cx));
@@ -257,16 +376,25 @@ where
     }
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Self::Error> {
-        self.outbox
-            .try_push(&item, false)
-            .map_err(|kind| SendError::new(Some(item), kind))
+        let result = match &self.flavor {
+            Flavor::Buffered(outbox) => outbox.try_push(&item, false),
+            Flavor::Direct(direct) => {
+                Frame::encode(&item, direct.limits()).and_then(|f| direct.try_write(&f))
+            }
+        };
+        result.map_err(|kind| SendError::new(Some(item), kind))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
         let flush = this.sink.flush.get_or_insert_with(|| {
-            let outbox = this.outbox.clone();
-            Box::pin(async move { outbox.flush().await })
+            let flavor = this.flavor.clone();
+            Box::pin(async move {
+                match flavor {
+                    Flavor::Buffered(outbox) => outbox.flush().await,
+                    Flavor::Direct(_) => Ok(()),
+                }
+            })
         });
         let result = ready!(flush.as_mut().poll(cx));
         this.sink.flush = None;
@@ -274,8 +402,15 @@ where
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.outbox.close();
-        self.poll_flush(cx)
+        let this = self.get_mut();
+        if let Flavor::Buffered(outbox) = &this.flavor {
+            outbox.close();
+        }
+        let result = ready!(Pin::new(&mut *this).poll_flush(cx));
+        if let Flavor::Direct(direct) = &this.flavor {
+            direct.close();
+        }
+        Poll::Ready(result)
     }
 }
 

@@ -145,11 +145,22 @@ pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// Does this write error mean no process holds the other end any more?
+pub(crate) fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET | rustix::io::Errno::NOTCONN)
+    )
+}
+
 /// Would a read on `fd` return at once (data, end-of-file or an error)?
 pub(crate) fn has_input(fd: BorrowedFd<'_>) -> bool {
     use rustix::event::{PollFd, PollFlags};
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }
 
