@@ -1,13 +1,12 @@
 //! Two-way connections: one socket pair, used in both directions.
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, FlushError, RecvError, SendError};
+use crate::error::{Error, FlushError, RecvError, SendError, SendErrorKind};
 use crate::options::{Options, Socket};
 use crate::{pass, Receiver, Sender};
 
@@ -58,8 +57,8 @@ where
     /// [`from_env`](Self::from_env) with this process's own [`Options`].
     pub fn from_env_with(name: &str, opts: &Options) -> Result<Self, Error> {
         crate::options::runtime()?;
-        let [fd] = pass::take(name, pass::Kind::Duplex)?;
-        Self::from_socket(Arc::new(crate::options::register(fd)?), opts)
+        let socket = pass::take(name, pass::Kind::Duplex, 1)?.socket()?;
+        Self::from_socket(socket, opts)
     }
 
     /// [`Sender::send`]; cancel-safe as it is.
@@ -97,6 +96,26 @@ where
         self.rx.try_recv()
     }
 
+    /// [`Sender::send_bytes`]: one raw message.
+    pub async fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendErrorKind> {
+        self.tx.send_bytes(bytes).await
+    }
+
+    /// [`Receiver::recv_bytes`]: the next message's bytes, undecoded.
+    pub async fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        self.rx.recv_bytes().await
+    }
+
+    /// [`Receiver::recv_bytes_into`]: the next message into `buf`.
+    pub async fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        self.rx.recv_bytes_into(buf).await
+    }
+
+    /// [`Receiver::poll`]: is a message ready within `timeout`?
+    pub async fn poll(&self, timeout: Duration) -> bool {
+        self.rx.poll(timeout).await
+    }
+
     /// The sending side.
     pub fn sender(&self) -> &Sender<S> {
         &self.tx
@@ -114,8 +133,9 @@ where
 }
 
 impl<S, R> Duplex<S, R> {
-    pub(crate) fn descriptor(&self) -> Result<OwnedFd, Error> {
-        self.rx.descriptor()
+    /// The socket, for passing to a child.
+    pub(crate) fn socket(&self) -> &Arc<Socket> {
+        self.rx.socket()
     }
 }
 

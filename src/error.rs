@@ -260,3 +260,25 @@ pub enum DecodeError {
     #[error("item does not decode: {0}")]
     Item(postcard::Error),
 }
+
+/// [`JoinableQueue::task_done`](crate::JoinableQueue::task_done) was called more times
+/// than this process got items.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task_done() called more times than items were got")]
+pub struct TaskDoneError;
+
+/// Why [`JoinableQueue::join`](crate::JoinableQueue::join) returned without every task
+/// done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The timeout passed with `unfinished` tasks still not marked done.
+    #[error("timed out with {unfinished} tasks unfinished")]
+    Timeout {
+        /// Tasks put and not yet marked done when the timeout passed.
+        unfinished: u64,
+    },
+    /// Waiting on the shared signal failed.
+    #[error(transparent)]
+    Io(io::Error),
+}

@@ -66,21 +66,30 @@
 mod direct;
 mod duplex;
 mod error;
+mod event;
 mod frame;
 mod options;
 mod outbox;
 mod pass;
+pub mod pipe;
+mod queue;
 mod receiver;
 mod sender;
+mod simple_queue;
 mod sys;
 mod wire;
 
 pub use duplex::{Duplex, DuplexPair};
-pub use error::{DecodeError, Error, FlushError, RecvError, SendError, SendErrorKind};
+pub use error::{
+    DecodeError, Error, FlushError, JoinError, RecvError, SendError, SendErrorKind, TaskDoneError,
+};
 pub use options::{channel, duplex, Options};
 pub use pass::{pass, Passable, SpawnCommand};
+pub use pipe::{pipe, pipe_duplex};
+pub use queue::{queue_options, JoinableQueue, Queue};
 pub use receiver::Receiver;
 pub use sender::{DrainOutcome, Drained, Sender};
+pub use simple_queue::SimpleQueue;
 
 /// Decodes one datagram as a receiver would: for fuzzing the decoder. Not part of the API.
 #[doc(hidden)]

@@ -11,7 +11,10 @@
 //! cleared in that child between `fork` and `exec`. The child rebuilds the half with
 //! `from_env(name)`. procq never forks without `exec`: tokio does not survive it.
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use crate::options::Socket;
 
 use crate::error::Error;
 
@@ -21,6 +24,9 @@ pub(crate) enum Kind {
     Sender,
     Receiver,
     Duplex,
+    Queue,
+    JoinableQueue,
+    SimpleQueue,
 }
 
 impl Kind {
@@ -29,26 +35,33 @@ impl Kind {
             Kind::Sender => "sender",
             Kind::Receiver => "receiver",
             Kind::Duplex => "duplex",
+            Kind::Queue => "queue",
+            Kind::JoinableQueue => "joinable-queue",
+            Kind::SimpleQueue => "simple-queue",
         }
     }
 }
 
 const PREFIX: &str = "procq1";
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
 /// A channel half (or queue handle) that [`pass`] can hand to a child process.
 pub trait Passable: sealed::Sealed {
     #[doc(hidden)]
-    fn into_passed(self) -> Result<(PassedKind, Vec<OwnedFd>), Error>;
+    fn into_passed(self) -> Result<Passed, Error>;
 }
 
-/// Internal: what a [`Passable`] turns into. Not constructible outside procq.
+/// Internal: what a [`Passable`] hands over, its kind and its descriptors in order (`None`
+/// for an optional one it does not have). Not constructible outside procq.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct PassedKind(Kind);
+pub struct Passed {
+    kind: Kind,
+    fds: Vec<Option<OwnedFd>>,
+}
 
 /// A command that can spawn a child: [`std::process::Command`] or
 /// [`tokio::process::Command`].
@@ -105,25 +118,32 @@ where
             reason: "a name must be non-empty and contain neither '=' nor NUL".into(),
         });
     }
-    let (PassedKind(kind), fds) = half.into_passed()?;
+    let Passed { kind, fds } = half.into_passed()?;
     let cmd = cmd.std_command();
     let numbers: Vec<String> = fds
         .into_iter()
-        .map(|fd| crate::sys::inherit_in_child(cmd, fd).to_string())
+        .map(|fd| match fd {
+            Some(fd) => crate::sys::inherit_in_child(cmd, fd).to_string(),
+            None => "-".to_string(),
+        })
         .collect();
-    cmd.env(
-        name,
-        format!("{PREFIX}:{}:{}", kind.as_str(), numbers.join(",")),
-    );
+    let value = format!("{PREFIX}:{}:{}", kind.as_str(), numbers.join(","));
+    cmd.env(name, value);
     Ok(())
 }
 
-pub(crate) fn passed(kind: Kind, fds: Vec<OwnedFd>) -> (PassedKind, Vec<OwnedFd>) {
-    (PassedKind(kind), fds)
+/// Duplicates each descriptor for a child (`None` stays absent).
+pub(crate) fn passed(kind: Kind, fds: &[Option<BorrowedFd<'_>>]) -> Result<Passed, Error> {
+    let fds = fds
+        .iter()
+        .map(|fd| fd.map(crate::sys::dup).transpose())
+        .collect::<Result<_, _>>()?;
+    Ok(Passed { kind, fds })
 }
 
-/// Takes the `N` descriptors passed under `name`, checking they were passed as `expected`.
-pub(crate) fn take<const N: usize>(name: &str, expected: Kind) -> Result<[OwnedFd; N], Error> {
+/// The descriptors passed under `name`, checking they were passed as `expected` and that
+/// there are `count` of them (`None` where an optional one was absent).
+pub(crate) fn take(name: &str, expected: Kind, count: usize) -> Result<Taken, Error> {
     let value = std::env::var_os(name).ok_or_else(|| Error::NotPassed { name: name.into() })?;
     let bad = |reason: &str| Error::BadEnv {
         name: name.into(),
@@ -142,43 +162,93 @@ pub(crate) fn take<const N: usize>(name: &str, expected: Kind) -> Result<[OwnedF
             found: kind.into(),
         });
     }
-    let numbers: Vec<RawFd> = parts
+    let numbers: Vec<Option<RawFd>> = parts
         .next()
         .ok_or_else(|| bad("no descriptors"))?
         .split(',')
-        .map(|n| n.parse::<RawFd>())
+        .map(|n| {
+            if n == "-" {
+                Ok(None)
+            } else {
+                n.parse::<RawFd>().map(Some)
+            }
+        })
         .collect::<Result<_, _>>()
         .map_err(|_| bad("descriptor numbers are not integers"))?;
-    if numbers.len() != N {
+    if numbers.len() != count {
         return Err(bad("wrong number of descriptors"));
     }
-    let mut fds = Vec::with_capacity(N);
+    let mut fds = Vec::with_capacity(count);
     for n in numbers {
-        fds.push(crate::sys::claim_inherited(n).map_err(|e| Error::BadEnv {
-            name: name.into(),
-            reason: format!("descriptor {n}: {e}"),
-        })?);
+        fds.push(match n {
+            None => None,
+            Some(n) => Some(crate::sys::claim_inherited(n).map_err(|e| Error::BadEnv {
+                name: name.into(),
+                reason: format!("descriptor {n}: {e}"),
+            })?),
+        });
     }
-    Ok(fds.try_into().expect("N descriptors"))
+    Ok(Taken {
+        name: name.to_string(),
+        fds: fds.into_iter(),
+    })
+}
+
+/// Descriptors taken from the environment, handed out in order.
+pub(crate) struct Taken {
+    name: String,
+    fds: std::vec::IntoIter<Option<OwnedFd>>,
+}
+
+impl Taken {
+    fn bad(&self, reason: &str) -> Error {
+        Error::BadEnv {
+            name: self.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The next descriptor, which must be present.
+    pub(crate) fn fd(&mut self) -> Result<OwnedFd, Error> {
+        self.optional()?
+            .ok_or_else(|| self.bad("a required descriptor is missing"))
+    }
+
+    /// The next descriptor, which may be absent.
+    pub(crate) fn optional(&mut self) -> Result<Option<OwnedFd>, Error> {
+        self.fds
+            .next()
+            .ok_or_else(|| self.bad("too few descriptors"))
+    }
+
+    /// The next descriptor, which must be a procq socket; registered with the reactor.
+    pub(crate) fn socket(&mut self) -> Result<Arc<Socket>, Error> {
+        let fd = self.fd()?;
+        if !crate::sys::is_seqpacket(fd.as_fd()) {
+            return Err(self.bad("descriptor is not a SOCK_SEQPACKET socket"));
+        }
+        Ok(Arc::new(crate::options::register(fd)?))
+    }
 }
 
 impl<T> sealed::Sealed for crate::Sender<T> {}
 impl<T> Passable for crate::Sender<T> {
-    fn into_passed(self) -> Result<(PassedKind, Vec<OwnedFd>), Error> {
-        Ok(passed(Kind::Sender, vec![self.descriptor()?]))
+    fn into_passed(self) -> Result<Passed, Error> {
+        let socket = self.socket()?;
+        passed(Kind::Sender, &[Some(socket.get_ref().as_fd())])
     }
 }
 
 impl<T> sealed::Sealed for crate::Receiver<T> {}
 impl<T> Passable for crate::Receiver<T> {
-    fn into_passed(self) -> Result<(PassedKind, Vec<OwnedFd>), Error> {
-        Ok(passed(Kind::Receiver, vec![self.descriptor()?]))
+    fn into_passed(self) -> Result<Passed, Error> {
+        passed(Kind::Receiver, &[Some(self.socket().get_ref().as_fd())])
     }
 }
 
 impl<A, B> sealed::Sealed for crate::Duplex<A, B> {}
 impl<A, B> Passable for crate::Duplex<A, B> {
-    fn into_passed(self) -> Result<(PassedKind, Vec<OwnedFd>), Error> {
-        Ok(passed(Kind::Duplex, vec![self.descriptor()?]))
+    fn into_passed(self) -> Result<Passed, Error> {
+        passed(Kind::Duplex, &[Some(self.socket().get_ref().as_fd())])
     }
 }

@@ -93,11 +93,8 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// `max_item_bytes` is the one that matters for a receiver).
     pub fn from_env_with(name: &str, opts: &Options) -> Result<Self, Error> {
         crate::options::runtime()?;
-        let [fd] = pass::take(name, pass::Kind::Receiver)?;
-        Ok(Self::from_socket(
-            Arc::new(crate::options::register(fd)?),
-            opts,
-        ))
+        let socket = pass::take(name, pass::Kind::Receiver, 1)?.socket()?;
+        Ok(Self::from_socket(socket, opts))
     }
 
     /// Receives the next item, waiting for one.
@@ -212,8 +209,9 @@ enum Take<R> {
 }
 
 impl<T> Receiver<T> {
-    pub(crate) fn descriptor(&self) -> Result<OwnedFd, Error> {
-        Ok(sys::dup(self.inbox.socket.get_ref().as_fd())?)
+    /// The socket, for passing to a child.
+    pub(crate) fn socket(&self) -> &Arc<Socket> {
+        &self.inbox.socket
     }
 }
 
@@ -373,6 +371,21 @@ impl Inbox {
                     Err(_) => Some(DecodeError::NotSealed),
                 }
             }
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let left = st.frames.len() + usize::from(st.out_of_line.is_some());
+        if left > 0 {
+            // Read from the socket, so no other process can get them now: say so.
+            tracing::warn!(
+                items = left,
+                "procq: last receiver in this process dropped with {left} items it had \
+                 read but not returned (use Options::batch_items(1) to read one at a time)"
+            );
         }
     }
 }

@@ -93,8 +93,8 @@ where
     /// [`from_env`](Self::from_env) with this process's own [`Options`].
     pub fn from_env_with(name: &str, opts: &Options) -> Result<Self, Error> {
         crate::options::runtime()?;
-        let [fd] = pass::take(name, pass::Kind::Sender)?;
-        Self::from_socket(Arc::new(crate::options::register(fd)?), opts)
+        let socket = pass::take(name, pass::Kind::Sender, 1)?.socket()?;
+        Self::from_socket(socket, opts)
     }
 
     /// Sends an item, waiting while this process's buffer is full.
@@ -122,7 +122,7 @@ where
             .await
     }
 
-    async fn send_until(
+    pub(crate) async fn send_until(
         &self,
         item: T,
         deadline: Option<tokio::time::Instant>,
@@ -301,12 +301,12 @@ async fn write_until(
 }
 
 impl<T> Sender<T> {
-    pub(crate) fn descriptor(&self) -> Result<std::os::fd::OwnedFd, Error> {
-        let socket = match &self.flavor {
-            Flavor::Buffered(outbox) => outbox.socket().ok_or(Error::Closed)?,
-            Flavor::Direct(direct) => direct.socket().map_err(|_| Error::Closed)?,
-        };
-        Ok(sys::dup(std::os::fd::AsFd::as_fd(socket.get_ref()))?)
+    /// The socket, for passing to a child; fails once this side is closed.
+    pub(crate) fn socket(&self) -> Result<Arc<Socket>, Error> {
+        match &self.flavor {
+            Flavor::Buffered(outbox) => outbox.socket().ok_or(Error::Closed),
+            Flavor::Direct(direct) => direct.socket().map_err(|_| Error::Closed),
+        }
     }
 }
 

@@ -287,6 +287,118 @@ pub(crate) fn map_sealed_memfd(_fd: &OwnedFd, _announced: u64) -> Result<Mapping
     Err(MapError::NotSealed)
 }
 
+// ----- cross-process counters and wake-ups ----------------------------------------------
+
+/// A new eventfd, nonblocking and close-on-exec. In semaphore mode each read takes 1 from
+/// the counter (a slot); otherwise a read takes the whole count.
+#[cfg(target_os = "linux")]
+pub(crate) fn eventfd(initial: u32, semaphore: bool) -> io::Result<OwnedFd> {
+    use rustix::event::EventfdFlags;
+    let mut flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+    if semaphore {
+        flags |= EventfdFlags::SEMAPHORE;
+    }
+    Ok(rustix::event::eventfd(initial, flags)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn eventfd(_initial: u32, _semaphore: bool) -> io::Result<OwnedFd> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "eventfd is Linux only",
+    ))
+}
+
+/// Reads an eventfd without blocking (`WouldBlock` when its counter is 0).
+pub(crate) fn eventfd_read(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut buf = [0u8; 8];
+    let n = rustix::io::read(fd, &mut buf)?;
+    if n != 8 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(u64::from_ne_bytes(buf))
+}
+
+/// Adds `n` to an eventfd's counter, waking its waiters.
+pub(crate) fn eventfd_write(fd: BorrowedFd<'_>, n: u64) -> io::Result<()> {
+    rustix::io::write(fd, &n.to_ne_bytes())?;
+    Ok(())
+}
+
+/// How many 64-bit counters a [`SharedCounters`] region holds.
+pub(crate) const COUNTERS: usize = 8;
+const COUNTERS_BYTES: usize = COUNTERS * 8;
+
+/// Atomic 64-bit counters in a memfd that every process holding it maps: what one process
+/// adds, every other reads at once, with no system call.
+pub(crate) struct SharedCounters {
+    ptr: *mut std::ffi::c_void,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only accessed through atomics, which are safe to share between
+// threads (and processes); the pointer stays valid until drop.
+unsafe impl Send for SharedCounters {}
+// SAFETY: as above.
+unsafe impl Sync for SharedCounters {}
+
+impl SharedCounters {
+    /// A new region, all counters zero.
+    pub(crate) fn create() -> io::Result<Self> {
+        let fd = memfd()?;
+        rustix::fs::ftruncate(&fd, COUNTERS_BYTES as u64)?;
+        Self::map(fd)
+    }
+
+    /// Maps a region another process created (checked to be exactly the right size).
+    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Self> {
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if size != COUNTERS_BYTES as i64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a procq counter region",
+            ));
+        }
+        Self::map(fd)
+    }
+
+    fn map(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: a fresh shared read-write mapping (null hint) of a file we hold open and
+        // that is exactly COUNTERS_BYTES long, so every mapped byte is backed.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                COUNTERS_BYTES,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        Ok(SharedCounters { ptr, fd })
+    }
+
+    /// Counter `i` (< [`COUNTERS`]).
+    pub(crate) fn get(&self, i: usize) -> &std::sync::atomic::AtomicI64 {
+        assert!(i < COUNTERS, "counter index out of range");
+        // SAFETY: the mapping is page-aligned and COUNTERS_BYTES long, so slot `i` is an
+        // aligned, in-bounds 8-byte location that lives as long as `self`; it is only ever
+        // accessed atomically (by this and other processes), which AtomicI64 permits.
+        unsafe { &*self.ptr.cast::<std::sync::atomic::AtomicI64>().add(i) }
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SharedCounters {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the region mapped in `map`; no reference into it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr, COUNTERS_BYTES) };
+    }
+}
+
 // ----- handing descriptors to child processes -------------------------------------------
 
 /// Arranges for `fd` to be inherited by the child `cmd` spawns, at the same number, and by
@@ -315,8 +427,8 @@ pub(crate) fn inherit_in_child(cmd: &mut std::process::Command, fd: OwnedFd) -> 
 static CLAIMED: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
 
 /// Takes ownership of a descriptor this process inherited, by number. Fails if it is not
-/// open, is not a `SOCK_SEQPACKET` socket, or was claimed already. The descriptor is made
-/// close-on-exec again so it does not leak into this process's own children.
+/// open or was claimed already (the caller checks what kind of file it is). The descriptor
+/// is made close-on-exec again so it does not leak into this process's own children.
 pub(crate) fn claim_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
@@ -329,16 +441,10 @@ pub(crate) fn claim_inherited(raw: RawFd) -> io::Result<OwnedFd> {
             "descriptor already taken by an earlier from_env",
         ));
     }
-    // SAFETY: the borrow is used only for the fcntl/getsockopt checks below, while no
-    // owner exists (we hold the claim lock); an invalid number makes them fail with EBADF.
+    // SAFETY: the borrow is used only for the fcntl calls below, while no owner exists
+    // (we hold the claim lock); an invalid number makes them fail with EBADF.
     let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
     rustix::io::fcntl_getfd(borrowed)?;
-    if !is_seqpacket(borrowed) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "descriptor is not a SOCK_SEQPACKET socket",
-        ));
-    }
     rustix::io::fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
     claimed.insert(raw);
     // SAFETY: the descriptor is open (fcntl succeeded), was inherited by this process for
@@ -369,6 +475,14 @@ mod tests {
             map_sealed_memfd(&fd, 5),
             Err(MapError::SizeMismatch)
         ));
+    }
+
+    #[test]
+    fn shared_counters_are_shared_between_mappings() {
+        let a = SharedCounters::create().unwrap();
+        let b = SharedCounters::adopt(dup(a.fd()).unwrap()).unwrap();
+        a.get(3).fetch_add(5, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(b.get(3).load(std::sync::atomic::Ordering::SeqCst), 5);
     }
 
     #[test]

@@ -139,6 +139,11 @@ impl Frames {
         self.left == 0
     }
 
+    /// Frames not yet handed out.
+    pub(crate) fn len(&self) -> usize {
+        self.left as usize
+    }
+
     /// The next item's range in `datagram`. Only call on a datagram [`parse`] accepted.
     pub(crate) fn next_range(&mut self, datagram: &[u8]) -> Option<Range<usize>> {
         if self.left == 0 {
