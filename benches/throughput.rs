@@ -145,6 +145,47 @@ async fn child(role: &str) {
                 s.write_all(&buf).unwrap();
             }
         }
+        "queue-producer" | "joinable-producer" => {
+            let joinable = role.starts_with("joinable");
+            let go = procq::Receiver::<()>::from_env("GO").unwrap();
+            let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
+            let it = item();
+            if joinable {
+                let q = procq::JoinableQueue::<Item>::from_env("Q").unwrap();
+                say("ready");
+                go.recv().await.unwrap();
+                for _ in 0..count {
+                    q.put(it.clone()).await.unwrap();
+                }
+                q.flush().await.unwrap();
+            } else {
+                let q = procq::Queue::<Item>::from_env("Q").unwrap();
+                say("ready");
+                go.recv().await.unwrap();
+                for _ in 0..count {
+                    q.put(it.clone()).await.unwrap();
+                }
+                q.flush().await.unwrap();
+            }
+        }
+        "queue-consumer" | "joinable-consumer" => {
+            let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
+            if role.starts_with("joinable") {
+                let q = procq::JoinableQueue::<Item>::from_env("Q").unwrap();
+                say("ready");
+                for _ in 0..count {
+                    q.get().await.unwrap();
+                    q.task_done().unwrap();
+                }
+            } else {
+                let q = procq::Queue::<Item>::from_env("Q").unwrap();
+                say("ready");
+                for _ in 0..count {
+                    q.get().await.unwrap();
+                }
+            }
+            say("done");
+        }
         other => panic!("unknown role {other}"),
     }
     let _ = n;
@@ -171,6 +212,10 @@ async fn parent() {
         .unwrap_or(true);
     eprintln!("procq throughput benchmark: {n} items of 512 B, best of {runs}");
 
+    if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("queue") {
+        println!("queue {}", procq_queue("queue", n, 1, 1).await);
+        return;
+    }
     if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("tokio") {
         println!("tokio {}", best(runs, || tokio_throughput(n)).await);
         return;
@@ -222,6 +267,33 @@ async fn parent() {
     if std::env::var("PROCQ_BENCH_ONLY").is_ok() {
         return;
     }
+    // Queue rows: procq against multiprocessing on the same topology.
+    println!();
+    println!("| queue, 512 B items, producers → consumers | procq items/s | Python items/s | procq is × faster |");
+    println!("|---|---:|---:|---:|");
+    for (kind, py_kind, p, c) in [
+        ("queue", "queue", 1, 1),
+        ("queue", "queue", 2, 2),
+        ("joinable", "joinable", 1, 1),
+        ("joinable", "joinable", 2, 2),
+    ] {
+        let ours = best(runs, || procq_queue(kind, n, p, c)).await;
+        let theirs = if python {
+            python_rate(py_kind, n, p, c).await
+        } else {
+            f64::NAN
+        };
+        let label = if kind == "queue" {
+            "Queue"
+        } else {
+            "JoinableQueue (task_done per item)"
+        };
+        println!(
+            "| {label}, {p} → {c} | {ours:.0} | {theirs:.0} | {:.1}× |",
+            ours / theirs
+        );
+    }
+
     let procq_rtt = best_min(runs, procq_ping).await;
     let raw_rtt = best_min(runs, raw_ping).await;
     // The same ping-pong in a task on a multi-threaded runtime (a task, not `block_on`:
@@ -280,6 +352,12 @@ where
 /// Items per second from this process into a consumer child.
 async fn procq_throughput(n: usize) -> f64 {
     let mut opts = procq::Options::new();
+    if let Some(b) = std::env::var("PROCQ_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts = opts.batch_items(b);
+    }
     if let Some(d) = std::env::var("PROCQ_BENCH_DATAGRAM")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -326,6 +404,57 @@ async fn tokio_throughput(n: usize) -> f64 {
     let elapsed = start.elapsed();
     assert_eq!(got, n);
     kid.finish().await;
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// Items per second through a procq queue from `p` producer processes to `c` consumer
+/// processes (all children of this one), timed from the start signal to the last item got
+/// (and, for a joinable queue, `join` returning).
+async fn procq_queue(kind: &str, n: usize, p: usize, c: usize) -> f64 {
+    let joinable = kind == "joinable";
+    let jq = procq::JoinableQueue::<Item>::new().unwrap();
+    let q = procq::Queue::<Item>::new().unwrap();
+    let (go_tx, go_rx) = procq::Options::new()
+        .batch_items(1)
+        .channel::<()>()
+        .unwrap();
+    let mut kids = Vec::new();
+    for (role, count, number) in [("producer", n / p, p), ("consumer", n / c, c)] {
+        for _ in 0..number {
+            let mut cmd = child_cmd(&format!("{kind}-{role}"));
+            cmd.env("COUNT", count.to_string());
+            if joinable {
+                procq::pass(&mut cmd, "Q", jq.clone()).unwrap();
+            } else {
+                procq::pass(&mut cmd, "Q", q.clone()).unwrap();
+            }
+            if role == "producer" {
+                procq::pass(&mut cmd, "GO", go_rx.clone()).unwrap();
+            }
+            kids.push((role, Kid::spawn(cmd)));
+        }
+    }
+    drop(go_rx);
+    for (_, kid) in &mut kids {
+        assert_eq!(kid.line().await, "ready");
+    }
+    let start = Instant::now();
+    for _ in 0..p {
+        go_tx.send(()).await.unwrap();
+    }
+    go_tx.flush().await.unwrap();
+    for (role, kid) in &mut kids {
+        if *role == "consumer" {
+            assert_eq!(kid.line().await, "done");
+        }
+    }
+    if joinable {
+        jq.join().await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    for (_, kid) in kids {
+        kid.finish().await;
+    }
     n as f64 / elapsed.as_secs_f64()
 }
 

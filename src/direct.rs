@@ -55,8 +55,9 @@ impl Direct {
     pub(crate) async fn write(&self, frame: &Frame) -> Result<(), SendErrorKind> {
         let socket = self.socket()?;
         loop {
-            let mut guard = socket.writable().await.map_err(SendErrorKind::Io)?;
-            match guard.try_io(|s| frame.write_alone(s.get_ref().as_fd())) {
+            let reactor = socket.reactor().map_err(SendErrorKind::Io)?;
+            let mut guard = reactor.writable().await.map_err(SendErrorKind::Io)?;
+            match guard.try_io(|_| frame.write_alone(socket.get_ref().as_fd())) {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => return Err(self.failed(e)),
                 Err(_would_block) => continue,

@@ -57,7 +57,7 @@ where
     /// [`from_env`](Self::from_env) with this process's own [`Options`].
     pub fn from_env_with(name: &str, opts: &Options) -> Result<Self, Error> {
         crate::options::runtime()?;
-        let socket = pass::take(name, pass::Kind::Duplex, 1)?.socket()?;
+        let socket = pass::take(name, pass::Kind::Duplex, 1)?.socket(crate::options::BOTH)?;
         Self::from_socket(socket, opts)
     }
 

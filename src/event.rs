@@ -5,12 +5,12 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
-use crate::sys;
+use crate::sys::{self, Waitable};
 
 pub(crate) struct Event {
-    fd: AsyncFd<OwnedFd>,
+    fd: Waitable,
 }
 
 impl Event {
@@ -31,7 +31,7 @@ impl Event {
     /// Wraps an eventfd another process made.
     pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Event> {
         Ok(Event {
-            fd: sys::register(fd)?,
+            fd: Waitable::new(fd, Interest::READABLE),
         })
     }
 
@@ -57,8 +57,8 @@ impl Event {
     /// future completes.
     pub(crate) async fn acquire(&self) -> io::Result<()> {
         loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| sys::eventfd_read(fd.get_ref().as_fd())) {
+            let mut guard = self.fd.reactor()?.readable().await?;
+            match guard.try_io(|_| sys::eventfd_read(self.fd())) {
                 Ok(result) => return result.map(drop),
                 Err(_would_block) => continue,
             }
@@ -73,7 +73,7 @@ impl Event {
             if done() {
                 return Ok(());
             }
-            let mut guard = self.fd.readable().await?;
+            let mut guard = self.fd.reactor()?.readable().await?;
             guard.clear_ready();
         }
     }

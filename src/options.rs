@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::Interest;
 
 use crate::duplex::{Duplex, DuplexPair};
 use crate::error::Error;
@@ -12,8 +13,9 @@ use crate::receiver::Receiver;
 use crate::sender::Sender;
 use crate::{sys, wire};
 
-/// A socket registered with the tokio reactor, shared by the halves that use it.
-pub(crate) type Socket = tokio::io::unix::AsyncFd<OwnedFd>;
+/// A socket, registered with the tokio reactor when first waited on, shared by the halves
+/// that use it.
+pub(crate) type Socket = sys::Waitable;
 
 /// Settings for one channel: how much a process may buffer, how items are batched, how large
 /// an item may be.
@@ -120,8 +122,8 @@ impl Options {
         T: Serialize + DeserializeOwned + Send + 'static,
     {
         let (send_end, recv_end) = self.pair()?;
-        let tx = Sender::from_socket(Arc::new(register(send_end)?), self)?;
-        let rx = Receiver::from_socket(Arc::new(register(recv_end)?), self);
+        let tx = Sender::from_socket(Arc::new(socket(send_end, Interest::WRITABLE)?), self)?;
+        let rx = Receiver::from_socket(Arc::new(socket(recv_end, Interest::READABLE)?), self);
         Ok((tx, rx))
     }
 
@@ -134,8 +136,8 @@ impl Options {
     {
         let (one, two) = self.pair()?;
         Ok((
-            Duplex::from_socket(Arc::new(register(one)?), self)?,
-            Duplex::from_socket(Arc::new(register(two)?), self)?,
+            Duplex::from_socket(Arc::new(socket(one, BOTH)?), self)?,
+            Duplex::from_socket(Arc::new(socket(two, BOTH)?), self)?,
         ))
     }
 
@@ -158,10 +160,13 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Handle, Error> {
     tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)
 }
 
-/// Registers a socket with the current runtime's reactor.
-pub(crate) fn register(fd: OwnedFd) -> Result<Socket, Error> {
+/// Both directions: a duplex end sends and receives on one socket.
+pub(crate) const BOTH: Interest = Interest::READABLE.add(Interest::WRITABLE);
+
+/// Wraps a socket for the reactor, to be registered with `interest` on first wait.
+pub(crate) fn socket(fd: OwnedFd, interest: Interest) -> Result<Socket, Error> {
     runtime()?;
-    Ok(sys::register(fd)?)
+    Ok(sys::Waitable::new(fd, interest))
 }
 
 /// Creates a channel with the default [`Options`].

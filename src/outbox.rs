@@ -544,6 +544,9 @@ impl Flusher {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(Interrupted::Ended(failure(e))),
         }
+        let reactor = socket
+            .reactor()
+            .map_err(|e| Interrupted::Ended(failure(e)))?;
         loop {
             let mut guard = tokio::select! {
                 biased;
@@ -553,12 +556,12 @@ impl Flusher {
                     }
                     continue;
                 }
-                ready = socket.writable() => match ready {
+                ready = reactor.writable() => match ready {
                     Ok(guard) => guard,
                     Err(e) => return Err(Interrupted::Ended(failure(e))),
                 },
             };
-            match guard.try_io(|fd| sys::send_datagram(fd.get_ref().as_fd(), &parts, pass)) {
+            match guard.try_io(|_| sys::send_datagram(socket.get_ref().as_fd(), &parts, pass)) {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => return Err(Interrupted::Ended(failure(e))),
                 Err(_would_block) => continue,

@@ -14,6 +14,8 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use tokio::io::Interest;
+
 use crate::options::Socket;
 
 use crate::error::Error;
@@ -221,13 +223,13 @@ impl Taken {
             .ok_or_else(|| self.bad("too few descriptors"))
     }
 
-    /// The next descriptor, which must be a procq socket; registered with the reactor.
-    pub(crate) fn socket(&mut self) -> Result<Arc<Socket>, Error> {
+    /// The next descriptor, which must be a procq socket, to be waited on for `interest`.
+    pub(crate) fn socket(&mut self, interest: Interest) -> Result<Arc<Socket>, Error> {
         let fd = self.fd()?;
         if !crate::sys::is_seqpacket(fd.as_fd()) {
             return Err(self.bad("descriptor is not a SOCK_SEQPACKET socket"));
         }
-        Ok(Arc::new(crate::options::register(fd)?))
+        Ok(Arc::new(crate::options::socket(fd, interest)?))
     }
 }
 

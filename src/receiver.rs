@@ -55,6 +55,8 @@ struct Inbox {
 /// `recv` cancel-safe.
 struct InboxState {
     buf: Box<[u8]>,
+    /// Bytes of the current datagram in `buf`.
+    len: usize,
     frames: wire::Frames,
     /// An out-of-line item received and not yet taken.
     out_of_line: Option<sys::Mapping>,
@@ -70,6 +72,7 @@ impl<T: DeserializeOwned> Receiver<T> {
                 max_item: opts.max_item_bytes,
                 state: Mutex::new(InboxState {
                     buf: vec![0; wire::MAX_DATAGRAM].into_boxed_slice(),
+                    len: 0,
                     frames: wire::Frames::default(),
                     out_of_line: None,
                     fds: Vec::new(),
@@ -93,7 +96,8 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// `max_item_bytes` is the one that matters for a receiver).
     pub fn from_env_with(name: &str, opts: &Options) -> Result<Self, Error> {
         crate::options::runtime()?;
-        let socket = pass::take(name, pass::Kind::Receiver, 1)?.socket()?;
+        let socket =
+            pass::take(name, pass::Kind::Receiver, 1)?.socket(tokio::io::Interest::READABLE)?;
         Ok(Self::from_socket(socket, opts))
     }
 
@@ -235,12 +239,16 @@ impl Inbox {
             if let Some(result) = self.take_buffered(take) {
                 return Poll::Ready(result);
             }
-            let mut guard = match self.socket.poll_read_ready(cx) {
+            let reactor = match self.socket.reactor() {
+                Ok(reactor) => reactor,
+                Err(e) => return Poll::Ready(Err(RecvError::Io(e))),
+            };
+            let mut guard = match reactor.poll_read_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(guard)) => guard,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
             };
-            match guard.try_io(|socket| self.read_datagram(socket.get_ref().as_fd())) {
+            match guard.try_io(|_| self.read_datagram(self.socket.get_ref().as_fd())) {
                 Ok(Ok(None)) => continue,
                 Ok(Ok(Some(bad))) => return Poll::Ready(Err(RecvError::Decode(bad))),
                 Ok(Err(e)) => return Poll::Ready(Err(RecvError::Io(e))),
@@ -271,7 +279,10 @@ impl Inbox {
             if self.has_buffered() {
                 return Poll::Ready(());
             }
-            let mut guard = match self.socket.poll_read_ready(cx) {
+            let Ok(reactor) = self.socket.reactor() else {
+                return Poll::Ready(());
+            };
+            let mut guard = match reactor.poll_read_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(guard)) => guard,
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
@@ -355,6 +366,7 @@ impl Inbox {
                     return Some(DecodeError::Descriptor);
                 }
                 st.frames = wire::Frames::new(count);
+                st.len = got.len;
                 None
             }
             wire::Body::OutOfLine { size } => {
@@ -372,6 +384,31 @@ impl Inbox {
                 }
             }
         }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Writes the items this process read (as part of a batch) but nobody received back
+    /// into the channel through `socket`, the channel's sending end, as one datagram. Used
+    /// by a queue's last handle in a process, so a consumer that stops getting hands its
+    /// unread batch back instead of losing it. Returns how many could not be given back.
+    pub(crate) fn give_back(&self, socket: &Socket) -> usize {
+        let mut st = self.inbox.lock();
+        let left = st.frames.len();
+        let mut lost = usize::from(st.out_of_line.take().is_some());
+        if left > 0 {
+            let header = wire::header(wire::KIND_INLINE, left as u32);
+            let frames = &st.buf[st.frames.position()..st.len];
+            let parts = [
+                std::io::IoSlice::new(&header),
+                std::io::IoSlice::new(frames),
+            ];
+            if sys::send_datagram(socket.get_ref().as_fd(), &parts, None).is_err() {
+                lost += left;
+            }
+            st.frames = wire::Frames::default();
+        }
+        lost
     }
 }
 

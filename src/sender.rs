@@ -93,7 +93,8 @@ where
     /// [`from_env`](Self::from_env) with this process's own [`Options`].
     pub fn from_env_with(name: &str, opts: &Options) -> Result<Self, Error> {
         crate::options::runtime()?;
-        let socket = pass::take(name, pass::Kind::Sender, 1)?.socket()?;
+        let socket =
+            pass::take(name, pass::Kind::Sender, 1)?.socket(tokio::io::Interest::WRITABLE)?;
         Self::from_socket(socket, opts)
     }
 
@@ -362,7 +363,9 @@ where
                 }
                 Flavor::Direct(direct) => match direct.socket() {
                     Ok(socket) => Box::pin(async move {
-                        let _ = socket.writable().await;
+                        if let Ok(reactor) = socket.reactor() {
+                            let _ = reactor.writable().await;
+                        }
                     }),
                     Err(_) => return Poll::Ready(Ok(())), // start_send reports it
                 },

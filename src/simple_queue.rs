@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::Interest;
 
 use crate::error::{Error, RecvError, SendError};
 use crate::options::Options;
@@ -50,8 +51,8 @@ where
         crate::options::runtime()?;
         let mut taken = pass::take(name, Kind::SimpleQueue, 2)?;
         let opts = Options::new().direct();
-        let tx = Sender::from_socket(taken.socket()?, &opts)?;
-        let rx = Receiver::from_socket(taken.socket()?, &opts);
+        let tx = Sender::from_socket(taken.socket(Interest::WRITABLE)?, &opts)?;
+        let rx = Receiver::from_socket(taken.socket(Interest::READABLE)?, &opts);
         Ok(SimpleQueue { tx, rx })
     }
 

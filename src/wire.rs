@@ -144,6 +144,11 @@ impl Frames {
         self.left as usize
     }
 
+    /// Where the frames not yet handed out start in the datagram.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
     /// The next item's range in `datagram`. Only call on a datagram [`parse`] accepted.
     pub(crate) fn next_range(&mut self, datagram: &[u8]) -> Option<Range<usize>> {
         if self.left == 0 {

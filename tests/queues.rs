@@ -95,6 +95,20 @@ async fn play(role: &str) {
             report("holding");
             std::future::pending::<()>().await;
         }
+        // Gets one item from a (batched) queue and returns, dropping the queue.
+        "get-one-and-go" => {
+            let q = procq::Queue::<u32>::from_env("Q").unwrap();
+            report(q.get().await.unwrap());
+        }
+        // Puts N items in a tight loop and flushes.
+        "queue-putter" => {
+            let q = procq::JoinableQueue::<u32>::from_env("Q").unwrap();
+            for i in 0..env_num("N") as u32 {
+                q.put(i).await.unwrap();
+            }
+            q.flush().await.unwrap();
+            report("put");
+        }
         // Puts one item into a SimpleQueue and exits at once: nothing to flush.
         "simple-putter" => {
             let q = procq::SimpleQueue::<String>::from_env("Q").unwrap();
@@ -307,7 +321,8 @@ async fn task_done_more_often_than_get_is_an_error() {
 
 #[tokio::test]
 async fn join_with_killed_workers_times_out_and_says_what_is_left() {
-    let q = procq::JoinableQueue::<u32>::new().unwrap();
+    // One item per datagram, so each worker takes exactly what it gets.
+    let q = procq::JoinableQueue::<u32>::with_options(0, &procq::queue_options()).unwrap();
     let mut w1 = spawn_with("hoarding-worker", "Q", q.clone(), &[("N", "3".into())]);
     let mut w2 = spawn_with("hoarding-worker", "Q", q.clone(), &[("N", "2".into())]);
     for i in 0..5 {
@@ -416,4 +431,36 @@ async fn simplex_pipe_and_select_all_over_many() {
         .await;
     all.sort();
     assert_eq!(all, vec![0, 1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_consumer_that_stops_gives_its_unread_batch_back() {
+    let q = procq::Queue::<u32>::new().unwrap();
+    for i in 0..100 {
+        q.put(i).await.unwrap();
+    }
+    q.flush().await.unwrap(); // one datagram of 100 items
+    let mut kid = spawn_with("get-one-and-go", "Q", q.clone(), &[]);
+    assert_eq!(kid.report().await, "0");
+    assert!(kid.exit_within(PATIENCE).await.success());
+    for i in 1..100 {
+        assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), i);
+    }
+    assert!(q.is_empty());
+}
+
+#[tokio::test]
+async fn fair_queue_options_travel_with_the_queue() {
+    let q = procq::JoinableQueue::<u32>::with_options(0, &procq::queue_options()).unwrap();
+    let mut w1 = spawn_with("hoarding-worker", "Q", q.clone(), &[("N", "1".into())]);
+    let mut w2 = spawn_with("hoarding-worker", "Q", q.clone(), &[("N", "1".into())]);
+    // Another process puts both items in a tight loop; with the creator's batch_items(1)
+    // they go out one per datagram, so each worker gets one.
+    let mut putter = spawn_with("queue-putter", "Q", q.clone(), &[("N", "2".into())]);
+    assert_eq!(putter.report().await, "put");
+    assert_eq!(w1.report().await, "holding");
+    assert_eq!(w2.report().await, "holding");
+    assert!(putter.exit_within(PATIENCE).await.success());
+    w1.kill().await;
+    w2.kill().await;
 }
