@@ -213,7 +213,7 @@ async fn parent() {
     eprintln!("procq throughput benchmark: {n} items of 512 B, best of {runs}");
 
     if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("queue") {
-        println!("queue {}", procq_queue("queue", n, 1, 1).await);
+        println!("queue {}", procq_queue("queue", n, 1, 1, false).await);
         return;
     }
     if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("tokio") {
@@ -271,15 +271,14 @@ async fn parent() {
     println!();
     println!("| queue, 512 B items, producers → consumers | procq items/s | Python items/s | procq is × faster |");
     println!("|---|---:|---:|---:|");
-    for (kind, py_kind, p, c) in [
-        ("queue", "queue", 1, 1),
-        ("queue", "queue", 2, 2),
-        ("joinable", "joinable", 1, 1),
-        ("joinable", "joinable", 2, 2),
+    for (kind, p, c) in [
+        ("queue", 1, 1),
+        ("queue", 2, 2),
+        ("joinable", 1, 1),
+        ("joinable", 2, 2),
     ] {
-        let ours = best(runs, || procq_queue(kind, n, p, c)).await;
         let theirs = if python {
-            python_rate(py_kind, n, p, c).await
+            python_rate(kind, n, p, c).await
         } else {
             f64::NAN
         };
@@ -288,10 +287,14 @@ async fn parent() {
         } else {
             "JoinableQueue (task_done per item)"
         };
-        println!(
-            "| {label}, {p} → {c} | {ours:.0} | {theirs:.0} | {:.1}× |",
-            ours / theirs
-        );
+        for fair in [false, true] {
+            let ours = best(runs, || procq_queue(kind, n, p, c, fair)).await;
+            let mode = if fair { ", `queue_options()`" } else { "" };
+            println!(
+                "| {label}{mode}, {p} → {c} | {ours:.0} | {theirs:.0} | {:.1}× |",
+                ours / theirs
+            );
+        }
     }
 
     let procq_rtt = best_min(runs, procq_ping).await;
@@ -410,10 +413,15 @@ async fn tokio_throughput(n: usize) -> f64 {
 /// Items per second through a procq queue from `p` producer processes to `c` consumer
 /// processes (all children of this one), timed from the start signal to the last item got
 /// (and, for a joinable queue, `join` returning).
-async fn procq_queue(kind: &str, n: usize, p: usize, c: usize) -> f64 {
+async fn procq_queue(kind: &str, n: usize, p: usize, c: usize, fair: bool) -> f64 {
     let joinable = kind == "joinable";
-    let jq = procq::JoinableQueue::<Item>::new().unwrap();
-    let q = procq::Queue::<Item>::new().unwrap();
+    let opts = if fair {
+        procq::queue_options()
+    } else {
+        procq::Options::new()
+    };
+    let jq = procq::JoinableQueue::<Item>::with_options(0, &opts).unwrap();
+    let q = procq::Queue::<Item>::with_options(0, &opts).unwrap();
     let (go_tx, go_rx) = procq::Options::new()
         .batch_items(1)
         .channel::<()>()
