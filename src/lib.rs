@@ -64,6 +64,8 @@
 #![warn(missing_docs)]
 
 mod direct;
+#[doc = include_str!("coming_from_python.md")]
+pub mod coming_from_python {}
 mod duplex;
 mod error;
 mod event;
