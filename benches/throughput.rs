@@ -212,6 +212,10 @@ async fn parent() {
         .unwrap_or(true);
     eprintln!("procq throughput benchmark: {n} items of 512 B, best of {runs}");
 
+    if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("ping") {
+        print_latency(runs).await;
+        return;
+    }
     if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("queue") {
         println!("queue {}", procq_queue("queue", n, 1, 1, false).await);
         return;
@@ -297,21 +301,31 @@ async fn parent() {
         }
     }
 
-    let procq_rtt = best_min(runs, procq_ping).await;
-    let raw_rtt = best_min(runs, raw_ping).await;
-    // The same ping-pong in a task on a multi-threaded runtime (a task, not `block_on`:
-    // `block_on` runs on a thread that is not a worker, which costs tokio itself one
-    // cross-thread wake-up per readiness event, ~10 µs here).
-    let procq_mt_rtt = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move { tokio::spawn(best_min(runs, procq_ping)).await.unwrap() })
-    })
-    .join()
-    .unwrap();
+    print_latency(runs).await;
+}
+
+/// Round trips: procq against a raw blocking socketpair, measured back to back.
+async fn print_latency(runs: usize) {
+    // Interleaved, so drift on a shared machine hits every row alike; best of `runs`.
+    let (mut raw_rtt, mut procq_rtt, mut procq_mt_rtt) = (f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..runs {
+        raw_rtt = raw_rtt.min(raw_ping().await);
+        procq_rtt = procq_rtt.min(procq_ping().await);
+        // The same ping-pong in a task on a multi-threaded runtime (a task, not
+        // `block_on`: `block_on` runs on a thread that is not a worker, which costs tokio
+        // itself one cross-thread wake-up per readiness event, ~10 µs here).
+        let mt = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async { tokio::spawn(procq_ping()).await.unwrap() })
+        })
+        .join()
+        .unwrap();
+        procq_mt_rtt = procq_mt_rtt.min(mt);
+    }
     println!();
     println!("| round trip, 512 B ping-pong | µs | × raw |");
     println!("|---|---:|---:|");
@@ -336,18 +350,6 @@ where
     let mut best = 0f64;
     for _ in 0..runs {
         best = best.max(f().await);
-    }
-    best
-}
-
-async fn best_min<F, Fut>(runs: usize, mut f: F) -> f64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = f64>,
-{
-    let mut best = f64::MAX;
-    for _ in 0..runs {
-        best = best.min(f().await);
     }
     best
 }
