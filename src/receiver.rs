@@ -171,6 +171,16 @@ impl<T> Receiver<T> {
             .and_then(|r| r)
     }
 
+    /// [`recv_bytes_into`](Self::recv_bytes_into) with a deadline: [`RecvError::Timeout`]
+    /// if no message came (nothing is consumed). Cancel-safe.
+    pub async fn recv_bytes_into_timeout(
+        &self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<usize, RecvError> {
+        with_timeout(timeout, self.recv_bytes_into(buf)).await
+    }
+
     /// Waits up to `timeout` for a message (or the end of the channel) to be ready to
     /// receive, without receiving it. Python's `Connection.poll(timeout)`. Cancel-safe.
     pub async fn poll(&self, timeout: Duration) -> bool {

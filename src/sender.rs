@@ -243,17 +243,36 @@ impl<T> Sender<T> {
     /// `Connection.send_bytes()`. Waits for room as [`send`](Self::send) does and is
     /// cancel-safe in the same way.
     pub async fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendErrorKind> {
+        self.send_bytes_until(bytes, None).await
+    }
+
+    /// [`send_bytes`](Self::send_bytes) with a deadline: [`SendErrorKind::Timeout`] if
+    /// there was no room by then (nothing was sent).
+    pub async fn send_bytes_timeout(
+        &self,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<(), SendErrorKind> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.send_bytes_until(bytes, Some(deadline)).await
+    }
+
+    async fn send_bytes_until(
+        &self,
+        bytes: &[u8],
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), SendErrorKind> {
         match &self.flavor {
             Flavor::Buffered(outbox) => match outbox.try_push_raw(bytes, true) {
                 Err(SendErrorKind::Full) => {
                     let frame = Frame::raw(bytes, outbox.limits())?;
-                    wait_and_push(outbox, frame, None).await
+                    wait_and_push(outbox, frame, deadline).await
                 }
                 other => other,
             },
             Flavor::Direct(direct) => {
                 let frame = Frame::raw(bytes, direct.limits())?;
-                write_until(direct, &frame, None).await
+                write_until(direct, &frame, deadline).await
             }
         }
     }
