@@ -382,15 +382,9 @@ async fn only_the_passed_descriptor_reaches_a_std_child() {
     use std::io::BufRead;
     let (tx, rx) = procq::channel::<u32>().unwrap();
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_main",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(common::ROLE, "list-fds")
-    .stdout(std::process::Stdio::piped());
+    cmd.args(common::CHILD_ARGS)
+        .env(common::ROLE, "list-fds")
+        .stdout(std::process::Stdio::piped());
     procq::pass(&mut cmd, "CH", rx).unwrap();
     let mut child = cmd.spawn().unwrap();
     drop(cmd);

@@ -13,22 +13,25 @@ pub const ROLE: &str = "PROCQ_TEST_ROLE";
 /// How long any single wait in a test may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Test-harness arguments that run only the `child_main` test, quietly.
+pub const CHILD_ARGS: [&str; 5] = [
+    "--exact",
+    "child_main",
+    "--nocapture",
+    "--test-threads=1",
+    "-q",
+];
+
 /// A command that re-runs this test binary, running only its `child_main` test, which
 /// dispatches on `role`.
 pub fn child_command(role: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
-    cmd.args([
-        "--exact",
-        "child_main",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE, role)
-    .env("RUST_BACKTRACE", "1")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .kill_on_drop(true);
+    cmd.args(CHILD_ARGS)
+        .env(ROLE, role)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
     cmd
 }
 
