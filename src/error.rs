@@ -282,3 +282,24 @@ pub enum JoinError {
     #[error(transparent)]
     Io(io::Error),
 }
+
+/// Why the shared-key handshake of a remote connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The peer answered our challenge wrongly: it does not hold our key.
+    #[error("authentication failed: the peer does not know the key")]
+    WrongKey,
+    /// The peer rejected our answer: we do not hold its key.
+    #[error("authentication failed: the peer rejected our key")]
+    Rejected,
+    /// The peer did not follow the handshake.
+    #[error("authentication failed: {0}")]
+    Protocol(&'static str),
+    /// The handshake did not finish before its deadline.
+    #[error("authentication timed out")]
+    Timeout,
+    /// The connection failed during the handshake.
+    #[error("authentication failed: {0}")]
+    Io(#[from] io::Error),
+}

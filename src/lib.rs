@@ -76,6 +76,7 @@ mod pass;
 pub mod pipe;
 mod queue;
 mod receiver;
+pub mod remote;
 mod sender;
 mod simple_queue;
 mod sys;
@@ -83,7 +84,8 @@ mod wire;
 
 pub use duplex::{Duplex, DuplexPair};
 pub use error::{
-    DecodeError, Error, FlushError, JoinError, RecvError, SendError, SendErrorKind, TaskDoneError,
+    AuthError, DecodeError, Error, FlushError, JoinError, RecvError, SendError, SendErrorKind,
+    TaskDoneError,
 };
 pub use options::{channel, duplex, Options};
 pub use pass::{pass, Passable, SpawnCommand};
@@ -92,6 +94,15 @@ pub use queue::{queue_options, JoinableQueue, Queue};
 pub use receiver::Receiver;
 pub use sender::{DrainOutcome, Drained, Sender};
 pub use simple_queue::SimpleQueue;
+
+/// Runs the remote protocol's frame decoder over `data` as a stream: for fuzzing. Not part
+/// of the API.
+#[doc(hidden)]
+pub fn __fuzz_decode_stream(data: &[u8]) {
+    let decoder = remote::frame::Decoder::new(64 * 1024);
+    let mut buf = bytes::BytesMut::from(data);
+    while let Ok(Some(_)) = decoder.decode(&mut buf) {}
+}
 
 /// Decodes one datagram as a receiver would: for fuzzing the decoder. Not part of the API.
 #[doc(hidden)]
