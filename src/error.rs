@@ -303,3 +303,37 @@ pub enum AuthError {
     #[error("authentication failed: {0}")]
     Io(#[from] io::Error),
 }
+
+/// Why a call on a [`RemoteQueue`](crate::remote::RemoteQueue) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The shared-key handshake failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The connection is gone; connect again to continue. Puts not acknowledged may or
+    /// may not be held by the server.
+    #[error("disconnected: {0}")]
+    Disconnected(String),
+    /// The server refused the request.
+    #[error("server: {0}")]
+    Server(String),
+    /// The server said something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The deadline passed.
+    #[error("timed out")]
+    Timeout,
+    /// Nothing is ready (only from `try_get`).
+    #[error("nothing ready")]
+    Empty,
+    /// The item could not be encoded.
+    #[error("item could not be encoded: {0}")]
+    Encode(postcard::Error),
+    /// A received item does not decode as `T`.
+    #[error("item does not decode: {0}")]
+    Decode(postcard::Error),
+    /// Connecting failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}

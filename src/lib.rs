@@ -84,8 +84,8 @@ mod wire;
 
 pub use duplex::{Duplex, DuplexPair};
 pub use error::{
-    AuthError, DecodeError, Error, FlushError, JoinError, RecvError, SendError, SendErrorKind,
-    TaskDoneError,
+    AuthError, DecodeError, Error, FlushError, JoinError, RecvError, RemoteError, SendError,
+    SendErrorKind, TaskDoneError,
 };
 pub use options::{channel, duplex, Options};
 pub use pass::{pass, Passable, SpawnCommand};

@@ -12,4 +12,10 @@
 //! The server, the typed client and the `procq` command line come next.
 
 pub mod auth;
+mod client;
 pub mod frame;
+pub mod protocol;
+mod server;
+
+pub use client::{Delivery, RemoteQueue};
+pub use server::{Server, ServerConfig};
