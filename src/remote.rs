@@ -17,5 +17,5 @@ pub mod frame;
 pub mod protocol;
 mod server;
 
-pub use client::{Delivery, RemoteQueue};
+pub use client::{server_stats, Delivery, RemoteQueue};
 pub use server::{Server, ServerConfig};

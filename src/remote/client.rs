@@ -325,6 +325,54 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     }
 }
 
+/// Every queue's statistics from the server at `addr` (`host:port` or `unix:/path`),
+/// without opening a queue: what `procq stat` shows.
+pub async fn server_stats(addr: &str, key: &[u8]) -> Result<Vec<QueueStats>, RemoteError> {
+    let asking = async {
+        if let Some(path) = addr.strip_prefix("unix:") {
+            ask_stats(tokio::net::UnixStream::connect(path).await?, key).await
+        } else {
+            ask_stats(tokio::net::TcpStream::connect(addr).await?, key).await
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), asking)
+        .await
+        .unwrap_or(Err(RemoteError::Timeout))
+}
+
+async fn ask_stats<S>(mut stream: S, key: &[u8]) -> Result<Vec<QueueStats>, RemoteError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    auth::client(&mut stream, key).await?;
+    let mut out = BytesMut::new();
+    frame::encode(
+        protocol::MESSAGE,
+        &protocol::encode(&Request::Stat { req: 1 }),
+        &mut out,
+    );
+    stream.write_all(&out).await?;
+    let decoder = Decoder::new(MAX_FRAME);
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(frame) = decoder
+            .decode(&mut buf)
+            .map_err(|e| RemoteError::Protocol(e.to_string()))?
+        {
+            return match protocol::decode::<Reply>(&frame.body) {
+                Some(Reply::Stats { queues, .. }) => Ok(queues),
+                Some(other) => Err(unexpected(other)),
+                None => Err(RemoteError::Protocol("undecodable reply".into())),
+            };
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(RemoteError::Disconnected(
+                "server closed the connection".into(),
+            ));
+        }
+    }
+}
+
 fn unexpected(reply: Reply) -> RemoteError {
     RemoteError::Protocol(format!("unexpected reply {reply:?}"))
 }

@@ -269,6 +269,12 @@ impl Server {
         }
     }
 
+    /// Waits until every connection has closed (after [`shutdown`](Self::shutdown)).
+    pub async fn closed(&self) {
+        let all = self.inner.config.max_connections as u32;
+        let _ = self.inner.connections.acquire_many(all).await;
+    }
+
     /// Stops accepting connections. Connected clients have their in-flight puts read and
     /// acknowledged, then their connections close.
     pub fn shutdown(&self) {
@@ -410,10 +416,26 @@ impl Connection {
                 continue;
             }
             let reading = self.waiting_bytes < self.server.config.connection_memory;
-            let idle = self.server.config.idle_timeout;
+            let server = self.server.clone();
+            let shutdown = server.shutdown.notified();
+            tokio::pin!(shutdown);
+            shutdown.as_mut().enable();
+            let closing = self.server.shutting_down.load(Ordering::SeqCst);
+            // Shutting down: keep reading what the client already sent until it has been
+            // quiet briefly, so its in-flight puts are held and acknowledged; then close.
+            let idle = if closing {
+                Duration::from_millis(200)
+            } else {
+                self.server.config.idle_timeout
+            };
             tokio::select! {
                 read = tokio::time::timeout(idle, reader.read_buf(&mut buf)), if reading => {
                     match read {
+                        Err(_) if closing => {
+                            self.admit_waiting();
+                            self.ack_puts().await?;
+                            return Ok(());
+                        }
                         Err(_) => return Err("idle timeout"),
                         Ok(Err(_)) => return Err("read failed"),
                         Ok(Ok(0)) => return Ok(()),
@@ -430,16 +452,7 @@ impl Connection {
                 }
                 _ = &mut items_added, if self.credits > 0 => {}
                 _ = &mut room_made, if !self.waiting.is_empty() => {}
-                _ = self.server.shutdown.notified(), if !self.server.shutting_down.load(Ordering::SeqCst) => {}
-            }
-            if self.server.shutting_down.load(Ordering::SeqCst)
-                && buf.is_empty()
-                && self.waiting.is_empty()
-            {
-                // Everything this client sent so far is read and held: acknowledge it and
-                // close.
-                self.ack_puts().await?;
-                return Ok(());
+                _ = &mut shutdown, if !closing => {}
             }
         }
     }
