@@ -218,6 +218,6 @@ async fn cutting_the_link_errors_in_time_and_loses_no_acknowledged_item() {
         "acknowledged items lost: held {held}, acked {acked}"
     );
     client.kill().await;
-    server.kill().await;
+    let _ = server.kill().await;
     drop(hosts);
 }
