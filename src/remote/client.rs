@@ -173,7 +173,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     }
 
     /// Sends an item without waiting for the server to hold it; waits only while
-    /// [a window](DEFAULT_WINDOW) of puts is unacknowledged. Returns the put's number, which
+    /// a window of 4,096 puts is unacknowledged. Returns the put's number, which
     /// [`flush`](Self::flush) and [`put`](Self::put) wait for.
     pub async fn feed(&self, item: &T) -> Result<u64, RemoteError> {
         let item = Bytes::from(postcard::to_stdvec(item).map_err(RemoteError::Encode)?);
