@@ -43,16 +43,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let q = RemoteQueue::<u64>::connect(&std::env::var("ADDR")?, "jobs", key.as_bytes())
                 .await?;
             let (mut done, mut sum) = (0u64, 0u64);
-            loop {
-                match tokio::time::timeout(Duration::from_millis(500), q.get_unacked()).await {
-                    Ok(job) => {
-                        let (job, delivery) = job?;
-                        sum += job; // the work
-                        delivery.ack().await?;
-                        done += 1;
-                    }
-                    Err(_) => break, // nothing for half a second: the producer is done
-                }
+            // Nothing for half a second: the producer is done.
+            while let Ok(job) =
+                tokio::time::timeout(Duration::from_millis(500), q.get_unacked()).await
+            {
+                let (job, delivery) = job?;
+                sum += job; // the work
+                delivery.ack().await?;
+                done += 1;
             }
             println!("consumer {}: {done} jobs (sum {sum})", std::process::id());
             return Ok(());
