@@ -327,6 +327,10 @@ pub enum RemoteError {
     /// Nothing is ready (only from `try_get`).
     #[error("nothing ready")]
     Empty,
+    /// Too many puts are unacknowledged to send another without waiting (only from
+    /// `try_put`).
+    #[error("too many puts in flight")]
+    Full,
     /// The item could not be encoded.
     #[error("item could not be encoded: {0}")]
     Encode(postcard::Error),

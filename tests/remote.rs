@@ -66,10 +66,16 @@ async fn put_get_len_and_join_through_the_server() {
         );
         consumer.task_done().await.unwrap();
     }
-    tokio::time::timeout(PATIENCE, producer.join())
-        .await
-        .unwrap()
-        .unwrap();
+    producer.join_timeout(PATIENCE).await.unwrap();
+    let seq = producer.try_put(&"one more".to_string()).unwrap();
+    assert_eq!(seq, 101);
+    producer.flush().await.unwrap();
+    assert!(matches!(
+        producer.join_timeout(Duration::from_millis(50)).await,
+        Err(RemoteError::Timeout)
+    ));
+    assert_eq!(consumer.get_timeout(PATIENCE).await.unwrap(), "one more");
+    consumer.task_done().await.unwrap();
     assert!(matches!(
         consumer.task_done().await,
         Err(RemoteError::Server(_))

@@ -187,6 +187,32 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         Ok(seq)
     }
 
+    /// Sends an item only if that needs no waiting (the window of unacknowledged puts has
+    /// room); otherwise [`RemoteError::Full`]. Like [`feed`](Self::feed), it does not wait
+    /// for the server to hold the item.
+    pub fn try_put(&self, item: &T) -> Result<u64, RemoteError> {
+        let item = Bytes::from(postcard::to_stdvec(item).map_err(RemoteError::Encode)?);
+        let Ok(mut sent) = self.client.put_order.try_lock() else {
+            return Err(RemoteError::Full);
+        };
+        let seq = *sent + 1;
+        if *self.client.acked.borrow() < seq.saturating_sub(DEFAULT_WINDOW) {
+            return Err(RemoteError::Full);
+        }
+        if self.client.broken.borrow().is_some() {
+            return Err(self.client.why_broken());
+        }
+        self.client
+            .requests
+            .try_send(Request::Put { item })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => RemoteError::Full,
+                mpsc::error::TrySendError::Closed(_) => self.client.why_broken(),
+            })?;
+        *sent = seq;
+        Ok(seq)
+    }
+
     /// Puts an item and waits until the server holds it (for a bounded queue, until there
     /// is room). Cancel-safe in that a cancelled put may or may not have been held; use
     /// [`put_timeout`](Self::put_timeout) for a bound.
@@ -314,6 +340,13 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
             Reply::Done { .. } => Ok(()),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// [`join`](Self::join), giving up with [`RemoteError::Timeout`] after `timeout`.
+    pub async fn join_timeout(&self, timeout: Duration) -> Result<(), RemoteError> {
+        tokio::time::timeout(timeout, self.join())
+            .await
+            .unwrap_or(Err(RemoteError::Timeout))
     }
 
     /// Every queue's statistics on the server.
