@@ -124,3 +124,36 @@ async fn the_key_never_comes_from_the_command_line() {
         .unwrap();
     assert!(!out.status.success(), "there is no --key option");
 }
+
+#[tokio::test]
+async fn a_killed_server_is_an_error_value_for_waiting_clients_never_a_hang() {
+    let (mut server, addr) = serve(&["--queue", "full:1", "--queue", "empty"]).await;
+    let producer = RemoteQueue::<u32>::connect(&addr, "full", KEY.as_bytes())
+        .await
+        .unwrap();
+    let consumer = RemoteQueue::<u32>::connect(&addr, "empty", KEY.as_bytes())
+        .await
+        .unwrap();
+    producer.put(&1).await.unwrap();
+    // "full" holds its one item, so this put waits for room; "empty" has nothing, so this
+    // get waits for an item. Then the server dies.
+    let waiting_put = tokio::spawn(async move { producer.put(&2).await });
+    let waiting_get = tokio::spawn(async move { consumer.get().await });
+    server.kill().await.unwrap();
+    let put = tokio::time::timeout(PATIENCE, waiting_put)
+        .await
+        .unwrap()
+        .unwrap();
+    let get = tokio::time::timeout(PATIENCE, waiting_get)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(put, Err(procq::RemoteError::Disconnected(_))),
+        "{put:?}"
+    );
+    assert!(
+        matches!(get, Err(procq::RemoteError::Disconnected(_))),
+        "{get:?}"
+    );
+}
