@@ -6,11 +6,12 @@ process puts ITEMS bytes objects whose pickle is 512 bytes, one consumer process
 Prints items per second, from the start signal to the consumer's last get.
 """
 import multiprocessing as mp
-import pickle
 import queue
 import sys
 import time
 from multiprocessing.managers import BaseManager
+
+from mp_bench import payload  # the same 512-byte pickle
 
 KEY = b"procq-bench"
 _queue = queue.Queue()
@@ -22,14 +23,6 @@ def get_queue():
 
 class QueueManager(BaseManager):
     pass
-
-
-def payload():
-    for n in range(400, 600):
-        b = bytes(n)
-        if len(pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL)) == 512:
-            return b
-    raise SystemExit("no payload size pickles to 512 bytes")
 
 
 def client(address):

@@ -25,6 +25,15 @@ async fn serve_once(
     (addr, server)
 }
 
+/// Reads one length-prefixed handshake message, as a peer without the key would.
+async fn read_message(stream: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut message = vec![0; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut message).await.unwrap();
+    message
+}
+
 #[tokio::test]
 async fn the_same_key_passes_both_ways() {
     let (addr, server) = serve_once(b"sesame").await;
@@ -51,10 +60,7 @@ async fn a_wrong_key_fails_on_both_sides_with_a_clear_error() {
 async fn an_unauthenticated_peer_learns_only_a_challenge_and_a_failure() {
     let (addr, server) = serve_once(b"sesame").await;
     let mut stream = TcpStream::connect(&addr).await.unwrap();
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.unwrap();
-    let mut challenge = vec![0; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut challenge).await.unwrap();
+    let challenge = read_message(&mut stream).await;
     assert!(challenge.starts_with(b"#CHALLENGE#{sha256}"));
     assert_eq!(
         challenge.len(),
@@ -102,10 +108,7 @@ async fn a_silent_peer_runs_into_the_handshake_deadline() {
 async fn an_oversize_handshake_message_is_refused_unread() {
     let (addr, server) = serve_once(b"sesame").await;
     let mut stream = TcpStream::connect(&addr).await.unwrap();
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.unwrap();
-    let mut challenge = vec![0; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut challenge).await.unwrap();
+    read_message(&mut stream).await; // the challenge, unanswered
     stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     let err = server.await.unwrap().unwrap_err();
     assert!(matches!(err, AuthError::Protocol(_)), "{err}");

@@ -231,35 +231,55 @@ impl Server {
 
     /// Serves connections accepted from a TCP listener until [`shutdown`](Self::shutdown).
     pub async fn serve_tcp(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        loop {
-            let permit = tokio::select! {
-                permit = self.inner.connections.clone().acquire_owned() => permit.expect("never closed"),
-                _ = self.inner.shutdown.notified() => return Ok(()),
-            };
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => accepted?,
-                _ = self.inner.shutdown.notified() => return Ok(()),
-            };
+        let listener = &listener;
+        self.accept_loop(move || async move {
+            let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                inner.connection(stream).await;
-                drop(permit);
-            });
-        }
+            Ok(stream)
+        })
+        .await
     }
 
     /// Serves connections accepted from a Unix-socket listener until
     /// [`shutdown`](Self::shutdown).
     pub async fn serve_unix(&self, listener: tokio::net::UnixListener) -> std::io::Result<()> {
+        let listener = &listener;
+        self.accept_loop(move || async move { Ok(listener.accept().await?.0) })
+            .await
+    }
+
+    /// Accepts connections (at most `max_connections` open at once) and serves each on
+    /// its own task, until shutdown.
+    async fn accept_loop<S, F, Fut>(&self, mut accept: F) -> std::io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<S>>,
+    {
         loop {
+            let shutdown = self.inner.shutdown.notified();
+            tokio::pin!(shutdown);
+            shutdown.as_mut().enable();
+            if self.inner.shutting_down.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             let permit = tokio::select! {
                 permit = self.inner.connections.clone().acquire_owned() => permit.expect("never closed"),
-                _ = self.inner.shutdown.notified() => return Ok(()),
+                _ = &mut shutdown => return Ok(()),
             };
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => accepted?,
-                _ = self.inner.shutdown.notified() => return Ok(()),
+            let stream = tokio::select! {
+                accepted = accept() => accepted,
+                _ = &mut shutdown => return Ok(()),
+            };
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // A failed accept (a client gone already, descriptors exhausted) must
+                    // not end the server; pause briefly so exhaustion does not spin.
+                    tracing::warn!(error = %e, "procq server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
             };
             let inner = self.inner.clone();
             tokio::spawn(async move {
