@@ -86,6 +86,13 @@ async fn play(role: &str) {
                 report(at);
             }
         }
+        // Joins the queue from this (child) process and reports when every task is done.
+        "joiner" => {
+            let q = procq::JoinableQueue::<u32>::from_env("Q").unwrap();
+            report("joining");
+            q.join_timeout(PATIENCE).await.unwrap();
+            report(format!("joined {}", q.unfinished()));
+        }
         // Takes tasks and never finishes them (killed by the test).
         "hoarding-worker" => {
             let q = procq::JoinableQueue::<u32>::from_env("Q").unwrap();
@@ -463,4 +470,20 @@ async fn fair_queue_options_travel_with_the_queue() {
     assert!(putter.exit_within(PATIENCE).await.success());
     w1.kill().await;
     w2.kill().await;
+}
+
+#[tokio::test]
+async fn join_works_from_a_child_process() {
+    let q = procq::JoinableQueue::<u32>::new().unwrap();
+    for i in 0..10 {
+        q.put(i).await.unwrap();
+    }
+    let mut joiner = spawn_with("joiner", "Q", q.clone(), &[]);
+    assert_eq!(joiner.report().await, "joining");
+    for _ in 0..10 {
+        q.get().await.unwrap();
+        q.task_done().unwrap();
+    }
+    assert_eq!(joiner.report().await, "joined 0");
+    assert!(joiner.exit_within(PATIENCE).await.success());
 }
