@@ -5,7 +5,10 @@
 //! itself with `PROCQ_BENCH_ROLE` naming the part a child plays.
 //!
 //! Environment: `PROCQ_BENCH_ITEMS` (default 1,000,000), `PROCQ_BENCH_RUNS` (best of, default
-//! 3), `PROCQ_BENCH_PYTHON=0` to skip the Python rows.
+//! 3), `PROCQ_BENCH_PYTHON=0` to skip the Python rows. For the measurements quoted in the
+//! code and README: `PROCQ_BENCH_ONLY` (`1`, `tokio`, `queue`, `remote` or `ping`: one part
+//! only) and, for the channel row, `PROCQ_BENCH_DATAGRAM`, `PROCQ_BENCH_BUFFER`,
+//! `PROCQ_BENCH_BATCH` (its `Options`).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Stdio;
@@ -147,42 +150,25 @@ async fn child(role: &str) {
             }
         }
         "queue-producer" | "joinable-producer" => {
-            let joinable = role.starts_with("joinable");
             let go = procq::Receiver::<()>::from_env("GO").unwrap();
             let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
             let it = item();
-            if joinable {
-                let q = procq::JoinableQueue::<Item>::from_env("Q").unwrap();
-                say("ready");
-                go.recv().await.unwrap();
-                for _ in 0..count {
-                    q.put(it.clone()).await.unwrap();
-                }
-                q.flush().await.unwrap();
-            } else {
-                let q = procq::Queue::<Item>::from_env("Q").unwrap();
-                say("ready");
-                go.recv().await.unwrap();
-                for _ in 0..count {
-                    q.put(it.clone()).await.unwrap();
-                }
-                q.flush().await.unwrap();
+            let (_joinable, q) = bench_queue(role);
+            say("ready");
+            go.recv().await.unwrap();
+            for _ in 0..count {
+                q.put(it.clone()).await.unwrap();
             }
+            q.flush().await.unwrap();
         }
         "queue-consumer" | "joinable-consumer" => {
             let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
-            if role.starts_with("joinable") {
-                let q = procq::JoinableQueue::<Item>::from_env("Q").unwrap();
-                say("ready");
-                for _ in 0..count {
-                    q.get().await.unwrap();
-                    q.task_done().unwrap();
-                }
-            } else {
-                let q = procq::Queue::<Item>::from_env("Q").unwrap();
-                say("ready");
-                for _ in 0..count {
-                    q.get().await.unwrap();
+            let (joinable, q) = bench_queue(role);
+            say("ready");
+            for _ in 0..count {
+                q.get().await.unwrap();
+                if let Some(jq) = &joinable {
+                    jq.task_done().unwrap();
                 }
             }
             say("done");
@@ -224,6 +210,18 @@ async fn child(role: &str) {
         other => panic!("unknown role {other}"),
     }
     let _ = n;
+}
+
+/// The queue a queue-bench child was passed: a `JoinableQueue` for the `joinable-*` roles
+/// (which dereferences to the `Queue` used for put and get), else a plain `Queue`.
+fn bench_queue(role: &str) -> (Option<procq::JoinableQueue<Item>>, procq::Queue<Item>) {
+    if role.starts_with("joinable") {
+        let jq = procq::JoinableQueue::<Item>::from_env("Q").unwrap();
+        let q = (*jq).clone();
+        (Some(jq), q)
+    } else {
+        (None, procq::Queue::<Item>::from_env("Q").unwrap())
+    }
 }
 
 fn stdin_stream() -> tokio::net::UnixStream {

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -444,8 +445,6 @@ impl<T> Queue<T> {
         )
     }
 }
-
-use std::os::fd::AsFd;
 
 impl<T> pass::sealed::Sealed for Queue<T> {}
 impl<T> Passable for Queue<T> {

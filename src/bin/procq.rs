@@ -27,25 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve named queues over TCP and/or Unix sockets until SIGTERM or ctrl-c.
-    Serve {
-        /// Where to listen: `host:port` or `unix:/path` (repeatable).
-        #[arg(long, required = true)]
-        listen: Vec<String>,
-        /// A queue to declare, `name` or `name:maxsize` (repeatable).
-        #[arg(long)]
-        queue: Vec<String>,
-        /// Create unbounded queues on first use instead of refusing unknown names.
-        #[arg(long)]
-        create_on_use: bool,
-        /// Largest frame (one item plus a few bytes) a client may send, in bytes.
-        #[arg(long, default_value_t = 16 * 1024 * 1024)]
-        max_frame: usize,
-        /// Most connections open at once.
-        #[arg(long, default_value_t = 1024)]
-        max_connections: usize,
-        #[command(flatten)]
-        key: KeySource,
-    },
+    Serve(ServeArgs),
     /// Show each queue's length, consumers and rates.
     Stat {
         /// The server: `host:port` or `unix:/path`.
@@ -57,6 +39,27 @@ enum Command {
         #[command(flatten)]
         key: KeySource,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where to listen: `host:port` or `unix:/path` (repeatable).
+    #[arg(long, required = true)]
+    listen: Vec<String>,
+    /// A queue to declare, `name` or `name:maxsize` (repeatable).
+    #[arg(long)]
+    queue: Vec<String>,
+    /// Create unbounded queues on first use instead of refusing unknown names.
+    #[arg(long)]
+    create_on_use: bool,
+    /// Largest frame (one item plus a few bytes) a client may send, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_frame: usize,
+    /// Most connections open at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    #[command(flatten)]
+    key: KeySource,
 }
 
 #[derive(Args)]
@@ -86,24 +89,7 @@ impl KeySource {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            listen,
-            queue,
-            create_on_use,
-            max_frame,
-            max_connections,
-            key,
-        } => {
-            serve(
-                listen,
-                queue,
-                create_on_use,
-                max_frame,
-                max_connections,
-                key,
-            )
-            .await
-        }
+        Command::Serve(args) => serve(args).await,
         Command::Stat {
             connect,
             interval,
@@ -116,14 +102,15 @@ async fn main() {
     }
 }
 
-async fn serve(
-    listen: Vec<String>,
-    queues: Vec<String>,
-    create_on_use: bool,
-    max_frame: usize,
-    max_connections: usize,
-    key: KeySource,
-) -> Result<(), String> {
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let ServeArgs {
+        listen,
+        queue: queues,
+        create_on_use,
+        max_frame,
+        max_connections,
+        key,
+    } = args;
     let config = ServerConfig::new(key.key()?)
         .create_on_use(create_on_use)
         .max_frame(max_frame)

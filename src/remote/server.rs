@@ -141,17 +141,17 @@ impl ServedQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits as many of `waiting` as fit; returns how many.
-    fn admit(&self, waiting: &mut VecDeque<Bytes>) -> usize {
+    /// Admits as many of `waiting` as fit; returns how many, and their bytes.
+    fn admit(&self, waiting: &mut VecDeque<Bytes>) -> (usize, usize) {
         let mut st = self.lock();
-        let mut n = 0;
-        while let Some(item) = waiting.front() {
+        let (mut n, mut bytes) = (0, 0);
+        while !waiting.is_empty() {
             if self.maxsize > 0 && st.items.len() >= self.maxsize {
                 break;
             }
-            let _ = item;
-            st.items
-                .push_back(waiting.pop_front().expect("front exists"));
+            let item = waiting.pop_front().expect("not empty");
+            bytes += item.len();
+            st.items.push_back(item);
             st.unfinished += 1;
             n += 1;
         }
@@ -160,7 +160,7 @@ impl ServedQueue {
             self.puts.fetch_add(n as u64, Ordering::Relaxed);
             self.items_added.notify_waiters();
         }
-        n
+        (n, bytes)
     }
 
     fn pop(&self) -> Option<Bytes> {
@@ -390,7 +390,7 @@ struct Connection {
     /// Puts read but waiting for room in a bounded queue.
     waiting: VecDeque<Bytes>,
     waiting_bytes: usize,
-    /// Tasks this connection got and has not marked done.
+    /// This connection has granted credit, so it counts in the queue's consumers.
     counted_consumer: bool,
 }
 
@@ -614,13 +614,9 @@ impl Connection {
 
     fn admit_waiting(&mut self) {
         let Some(q) = self.queue.clone() else { return };
-        let before: usize = self.waiting.iter().map(|b| b.len()).sum();
-        let n = q.admit(&mut self.waiting);
-        if n > 0 {
-            let after: usize = self.waiting.iter().map(|b| b.len()).sum();
-            self.waiting_bytes -= before - after;
-            self.puts_held += n as u64;
-        }
+        let (n, bytes) = q.admit(&mut self.waiting);
+        self.waiting_bytes -= bytes;
+        self.puts_held += n as u64;
     }
 
     /// Acknowledges every put held since the last acknowledgement, in one message.
