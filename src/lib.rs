@@ -84,14 +84,14 @@ mod wire;
 
 pub use duplex::{Duplex, DuplexPair};
 pub use error::{
-    AuthError, DecodeError, Error, FlushError, JoinError, RecvError, RemoteError, SendError,
-    SendErrorKind, TaskDoneError,
+    DecodeError, Error, FlushError, JoinError, RecvError, SendError, SendErrorKind, TaskDoneError,
 };
 pub use options::{channel, duplex, Options};
 pub use pass::{pass, Passable, SpawnCommand};
 pub use pipe::{pipe, pipe_duplex};
 pub use queue::{queue_options, JoinableQueue, Queue};
 pub use receiver::Receiver;
+pub use remote::{AuthError, RemoteError};
 pub use sender::{DrainOutcome, Drained, Sender};
 pub use simple_queue::SimpleQueue;
 

@@ -38,9 +38,11 @@
 
 pub mod auth;
 mod client;
+mod error;
 pub mod frame;
 pub mod protocol;
 mod server;
 
 pub use client::{server_stats, Delivery, RemoteQueue};
+pub use error::{AuthError, RemoteError};
 pub use server::{Server, ServerConfig};

@@ -13,9 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::auth;
+use super::error::RemoteError;
 use super::frame::{self, Decoder};
 use super::protocol::{self, QueueStats, Reply, Request};
-use crate::error::RemoteError;
 
 /// How many items a consumer lets the server push ahead of its `get`s.
 const DEFAULT_PREFETCH: u32 = 256;
