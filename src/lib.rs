@@ -1,37 +1,39 @@
 //! Typed, async message channels between processes, for tokio.
 //!
 //! procq is Python's `multiprocessing` queues rebuilt for Rust services: a channel whose
-//! halves you hand to the child processes you spawn, that any number of processes send into
-//! and receive from, with `await`, timeouts and `tokio::select!` — and without
-//! `multiprocessing`'s failure modes: no deadlock at exit, no torn or silently lost item, no
-//! wait without a timeout form.
+//! halves you hand to the child processes you spawn, that any number of processes (and any
+//! number of tasks in each) send into and receive from, with `await`, timeouts and
+//! `tokio::select!` — and without `multiprocessing`'s failure modes: no deadlock at exit,
+//! no torn or silently lost item, no wait without a timeout form.
 //!
-//! ```no_run
+//! ```
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, Debug)]
 //! struct Job { id: u64, path: String }
 //!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // Parent: make a channel, give the receiving half to a worker process.
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! if std::env::var("ROLE").as_deref() == Ok("worker") {
+//!     // The worker (this same program, run again with ROLE=worker).
+//!     use futures::StreamExt;
+//!     let mut rx = procq::Receiver::<Job>::from_env("JOBS")?;
+//!     while let Some(job) = rx.next().await {
+//!         println!("{:?}", job?);
+//!     }
+//!     return Ok(());
+//! }
+//! // The parent: make a channel, give the receiving half to a worker process.
 //! let (jobs, rx) = procq::channel::<Job>()?;
 //! let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
 //! cmd.env("ROLE", "worker");
 //! procq::pass(&mut cmd, "JOBS", rx)?;
-//! let mut worker = cmd.spawn()?;
-//! drop(cmd);
+//! let mut worker = procq::spawn(cmd)?; // the parent keeps no copy of `rx`
 //! jobs.send(Job { id: 1, path: "/tmp/a".into() }).await?;
 //! let left = jobs.drain(std::time::Duration::from_secs(2)).await; // never hangs
 //! assert!(left.is_complete());
-//! drop(jobs);
-//! worker.wait().await?;
-//!
-//! // Worker (the same binary with ROLE=worker):
-//! use futures::StreamExt;
-//! let mut rx = procq::Receiver::<Job>::from_env("JOBS")?;
-//! while let Some(job) = rx.next().await {
-//!     println!("{:?}", job?);
-//! }
+//! drop(jobs); // the worker's stream ends
+//! assert!(worker.wait().await?.success());
 //! # Ok(()) }
 //! ```
 //!
@@ -45,55 +47,70 @@
 //! * **atomicity**: a process killed mid-send leaves no torn item behind;
 //! * **isolation of bad data**: an invalid datagram costs that datagram only;
 //! * **end of channel** from the kernel: receivers see [`RecvError::Closed`] once no
-//!   process holds a sender.
+//!   process holds a sender, and senders learn from the socket's hang-up when no receiver
+//!   is left ([`Sender::closed`]).
 //!
 //! Inside a process, [`Sender::send`] encodes the item (postcard) and appends it to a
 //! byte-bounded buffer; a flush task packs buffered items into datagrams of up to 64 KiB.
-//! Items too large for a datagram go out of line in a sealed memfd (Linux). See the
-//! README's guarantees table for delivery, ordering and failure behaviour.
+//! Items too large for a datagram go out of line in a sealed memfd. See the README's
+//! guarantees table for delivery, ordering and failure behaviour.
 //!
 //! Byte payloads should serialize as bytes (`serde_bytes`, or `bytes::Bytes`): a plain
 //! `Vec<u8>` is encoded element by element and is several times slower.
 //!
+//! # Runtimes and synchronous code
+//!
+//! Handles are made and passed without a runtime. The async calls need a tokio runtime
+//! (current-thread or multi-thread) when they have to wait; outside one they return an
+//! `Io` error of kind `Unsupported`, never panic. Synchronous code uses the `blocking_*`
+//! methods, which wait with `poll(2)` on the calling thread and need no runtime.
+//!
 //! # Platform
 //!
-//! Linux is the platform procq is tested on. The socket code is plain Unix; out-of-line
-//! items (memfd and file seals) and `SO_SNDBUFFORCE` are Linux-only.
+//! Linux only (memfd seals, `SCM_RIGHTS` with close-on-exec, eventfds, `fdinfo`); the crate
+//! does not build elsewhere.
 
-#![cfg(unix)]
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
-mod direct;
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "procq runs on Linux only: it is built on SOCK_SEQPACKET socket pairs, sealed memfds, \
+     eventfds and /proc/self/fdinfo, and no other platform is built or tested"
+);
+
+mod channel;
 #[doc = include_str!("coming_from_python.md")]
 pub mod coming_from_python {}
-mod duplex;
 mod error;
-mod event;
-mod frame;
 mod options;
-mod outbox;
-mod pass;
-pub mod pipe;
 mod queue;
-mod receiver;
+mod recv;
 pub mod remote;
-mod sender;
-mod simple_queue;
+mod report;
+mod send;
+mod spawn;
+#[allow(unsafe_code)]
 mod sys;
 mod wire;
 
-pub use duplex::{Duplex, DuplexPair};
+pub use channel::pipe::{self, pipe, pipe_duplex};
+pub use channel::{channel, duplex, DrainOutcome, Drained, Duplex, DuplexPair, Receiver, Sender};
 pub use error::{
-    DecodeError, Error, FlushError, JoinError, RecvError, SendError, SendErrorKind, TaskDoneError,
+    DecodeError, Error, FlushError, FlushTimeoutError, FromEnvError, JoinTimeoutError, RecvError,
+    RecvIntoError, RecvTimeoutError, SendError, SendErrorKind, SendTimeoutError, TaskDoneError,
+    TryRecvError, TrySendError,
 };
-pub use options::{channel, duplex, Options};
-pub use pass::{pass, Passable, SpawnCommand};
-pub use pipe::{pipe, pipe_duplex};
-pub use queue::{queue_options, JoinableQueue, Queue};
-pub use receiver::Receiver;
+pub use options::Options;
+pub use queue::{queue_options, JoinableQueue, Queue, SimpleQueue};
 pub use remote::{AuthError, RemoteError};
-pub use sender::{DrainOutcome, Drained, Sender};
-pub use simple_queue::SimpleQueue;
+pub use spawn::{pass, spawn, Passable, SpawnCommand};
+
+/// The README's examples, run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// Runs the remote protocol's frame decoder over `data` as a stream: for fuzzing. Not part
 /// of the API.
@@ -108,8 +125,8 @@ pub fn __fuzz_decode_stream(data: &[u8]) {
 #[doc(hidden)]
 pub fn __fuzz_decode_datagram(datagram: &[u8]) {
     if let Ok(wire::Body::Inline { count }) = wire::parse(datagram, u32::MAX as u64) {
-        let mut frames = wire::Frames::new(count);
-        while let Some(range) = frames.next_range(datagram) {
+        let mut entries = wire::Entries::new(count);
+        while let Some(range) = entries.next_range(datagram) {
             let _ = wire::decode::<(u64, String, Vec<u8>)>(&datagram[range]);
         }
     }

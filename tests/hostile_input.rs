@@ -7,11 +7,12 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use procq::{DecodeError, RecvError};
+use procq::{DecodeError, RecvTimeoutError};
 
 const FOREIGN_WRITER: &str = r#"
 import os, socket, struct
-fd = int(os.environ["CH"].split(":")[2])
+fields = dict(f.split("=", 1) for f in os.environ["CH"].split(";")[1:])
+fd = int(fields["fds"].split("@")[0])
 s = socket.socket(fileno=fd)
 def hdr(kind, count): return b"PQ" + bytes([1, kind]) + struct.pack("<I", count)
 def frame(b): return struct.pack("<I", len(b)) + b
@@ -75,8 +76,8 @@ async fn garbage_datagrams_cost_only_themselves() {
     loop {
         match rx.recv_timeout(Duration::from_secs(30)).await {
             Ok(item) => items.push(item),
-            Err(RecvError::Decode(e)) => errors.push(e),
-            Err(RecvError::Closed) => break,
+            Err(RecvTimeoutError::Decode(e)) => errors.push(e),
+            Err(RecvTimeoutError::Closed) => break,
             Err(other) => panic!("unexpected {other}"),
         }
     }

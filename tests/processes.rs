@@ -142,8 +142,7 @@ async fn play(role: &str) {
         }
         // Queues 1,000 items behind a reader that stopped, drains when told, reports.
         "drain-writer" => {
-            let opts = procq::Options::new().buffer_bytes(64 * 1024 * 1024);
-            let tx = procq::Sender::<Checked>::from_env_with("CH", &opts).unwrap();
+            let tx = procq::Sender::<Checked>::from_env_with_buffer("CH", 64 << 20).unwrap();
             let go = procq::Receiver::<String>::from_env("GO").unwrap();
             for seq in 0..1000 {
                 tx.send(Checked::new(0, seq, 8 * 1024)).await.unwrap();
@@ -166,8 +165,7 @@ async fn play(role: &str) {
         }
         // Fills the channel (nobody reads), then returns from "main" without draining.
         "fill-and-exit" => {
-            let opts = procq::Options::new().buffer_bytes(1024 * 1024);
-            let tx = procq::Sender::<Checked>::from_env_with("CH", &opts).unwrap();
+            let tx = procq::Sender::<Checked>::from_env_with_buffer("CH", 1 << 20).unwrap();
             let mut seq = 0;
             loop {
                 match tx.try_send(Checked::new(0, seq, 1000)) {

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{child_command, report, Kid, PATIENCE};
-use procq::{JoinError, RecvError, SendErrorKind};
+use procq::{JoinTimeoutError, RecvIntoError, RecvTimeoutError, SendTimeoutError, TryRecvError};
 
 #[test]
 fn child_main() {
@@ -151,7 +151,7 @@ async fn queue_put_get_len_and_timeouts_in_one_process() {
     let q = procq::Queue::<String>::bounded(3).unwrap();
     assert_eq!(q.maxsize(), Some(3));
     assert!(q.is_empty());
-    assert!(matches!(q.try_get(), Err(RecvError::Empty)));
+    assert!(matches!(q.try_get(), Err(TryRecvError::Empty)));
     for s in ["a", "b", "c"] {
         q.put(s.to_string()).await.unwrap();
     }
@@ -174,7 +174,7 @@ async fn queue_put_get_len_and_timeouts_in_one_process() {
     }
     assert!(matches!(
         q.get_timeout(Duration::from_millis(20)).await,
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
     assert!(q.is_empty());
 }
@@ -310,7 +310,10 @@ async fn join_wakes_within_a_millisecond_and_idles_while_waiting() {
         .join_timeout(Duration::from_millis(300))
         .await
         .unwrap_err();
-    assert!(matches!(err, JoinError::Timeout { unfinished: 1 }), "{err}");
+    assert!(
+        matches!(err, JoinTimeoutError::Timeout { unfinished: 1 }),
+        "{err}"
+    );
     assert!(cpu_ticks() - before <= 2, "join used CPU while idle");
     assert!(worker.exit_within(PATIENCE).await.success());
 }
@@ -343,7 +346,10 @@ async fn join_with_killed_workers_times_out_and_says_what_is_left() {
         .join_timeout(Duration::from_millis(200))
         .await
         .unwrap_err();
-    assert!(matches!(err, JoinError::Timeout { unfinished: 5 }), "{err}");
+    assert!(
+        matches!(err, JoinTimeoutError::Timeout { unfinished: 5 }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -376,7 +382,7 @@ async fn simple_queue_put_is_in_the_kernel_when_it_returns() {
     assert!(q.is_empty());
     assert!(matches!(
         q.get_timeout(Duration::from_millis(20)).await,
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
 }
 
@@ -391,7 +397,7 @@ async fn simple_queue_put_timeout_when_the_kernel_is_full() {
             break e;
         }
     };
-    assert!(matches!(err.kind(), SendErrorKind::Timeout), "{err}");
+    assert!(matches!(err, SendTimeoutError::Timeout(_)), "{err}");
     assert!(q.try_put(vec![1]).unwrap_err().is_full());
 }
 
@@ -406,7 +412,7 @@ async fn pipe_typed_raw_into_and_poll_with_a_child() {
     // Too small: a clear error, and the message waits for a bigger buffer.
     let mut small = [0u8; 10];
     match mine.recv_bytes_into(&mut small).await {
-        Err(RecvError::BufferTooSmall { needed: 100 }) => {}
+        Err(RecvIntoError::BufferTooSmall { needed: 100 }) => {}
         other => panic!("{other:?}"),
     }
     let mut big = [0u8; 200];

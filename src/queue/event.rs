@@ -1,22 +1,25 @@
-//! Cross-process wake-ups: eventfds registered with the tokio reactor, so waiting on one
-//! is an `.await` (no polling loop, no thread per wait) and any process holding a copy can
-//! wake the waiters of every other.
+//! Cross-process wake-ups for queues: eventfds awaited through the reactor (or, without a
+//! runtime, with `poll(2)`), so any process holding a copy can wake the waiters of every
+//! other, and any number of tasks in a process can wait at once.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use tokio::io::Interest;
 
-use crate::sys::{self, Waitable};
+use crate::send::Deadline;
+use crate::sys::eventfd;
+use crate::sys::socket::{wait_ready, Direction};
+use crate::sys::Waitable;
 
 pub(crate) struct Event {
     fd: Waitable,
 }
 
 impl Event {
-    /// A counting semaphore holding `permits` (for a bounded queue's free slots).
+    /// A counting semaphore holding `permits` (a bounded queue's free slots).
     pub(crate) fn semaphore(permits: u64) -> io::Result<Event> {
-        let event = Event::adopt(sys::eventfd(0, true)?)?;
+        let event = Event::adopt(eventfd::create(0, true)?);
         if permits > 0 {
             event.add(permits)?;
         }
@@ -25,28 +28,28 @@ impl Event {
 
     /// A signal: writers announce that something changed; waiters re-check their condition.
     pub(crate) fn signal() -> io::Result<Event> {
-        Event::adopt(sys::eventfd(0, false)?)
+        Ok(Event::adopt(eventfd::create(0, false)?))
     }
 
     /// Wraps an eventfd another process made.
-    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Event> {
-        Ok(Event {
+    pub(crate) fn adopt(fd: OwnedFd) -> Event {
+        Event {
             fd: Waitable::new(fd, Interest::READABLE),
-        })
+        }
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.get_ref().as_fd()
+        self.fd.fd().as_fd()
     }
 
     /// Adds `n` to the counter (releases `n` permits, or signals), waking every waiter.
     pub(crate) fn add(&self, n: u64) -> io::Result<()> {
-        sys::eventfd_write(self.fd(), n)
+        eventfd::add(self.fd(), n)
     }
 
     /// Takes one permit if there is one, without waiting.
     pub(crate) fn try_acquire(&self) -> io::Result<bool> {
-        match sys::eventfd_read(self.fd()) {
+        match eventfd::read(self.fd()) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e),
@@ -56,18 +59,34 @@ impl Event {
     /// Takes one permit, waiting for one. Cancel-safe: a permit is taken only when the
     /// future completes.
     pub(crate) async fn acquire(&self) -> io::Result<()> {
+        if self.try_acquire()? {
+            return Ok(());
+        }
         loop {
             let mut guard = self.fd.reactor()?.readable().await?;
-            match guard.try_io(|_| sys::eventfd_read(self.fd())) {
+            match guard.try_io(|_| eventfd::read(self.fd())) {
                 Ok(result) => return result.map(drop),
                 Err(_would_block) => continue,
             }
         }
     }
 
+    /// Takes one permit from the calling thread, blocking until `deadline`; `false` then.
+    pub(crate) fn blocking_acquire(&self, deadline: Deadline) -> io::Result<bool> {
+        loop {
+            if self.try_acquire()? {
+                return Ok(true);
+            }
+            if !wait_ready(self.fd(), Direction::Read, deadline)? {
+                return Ok(false);
+            }
+        }
+    }
+
     /// Waits until `done()` holds, re-checking it after every signal. A signal's counter is
     /// never read, so it stays readable; every write is still a fresh edge for the reactor,
-    /// and clearing readiness before re-checking means no write is missed.
+    /// and readiness is cleared only for the event already seen, so no write is missed.
+    /// Any number of tasks may wait at once: each event wakes them all.
     pub(crate) async fn wait_until(&self, mut done: impl FnMut() -> bool) -> io::Result<()> {
         loop {
             if done() {

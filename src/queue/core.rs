@@ -1,0 +1,214 @@
+//! What every queue handle in one process shares: both ends of the channel, the mapped
+//! header, the eventfds, and the accounting every put and get does.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::event::Event;
+use crate::error::{Error, FromEnvError};
+use crate::options::Options;
+use crate::recv::Inbox;
+use crate::report;
+use crate::send::SendHandle;
+use crate::spawn::{Kind, Passed, Taken};
+use crate::sys::shared::SharedHeader;
+use crate::sys::Waitable;
+
+/// One process's share of a queue. Dropped once, when the last handle in the process goes
+/// (an `Arc`, so there is no race between handles dropped at the same time).
+pub(crate) struct Core {
+    pub(crate) send: SendHandle,
+    pub(crate) inbox: Arc<Inbox>,
+    pub(crate) header: SharedHeader,
+    /// Free slots of a bounded queue: `put` takes one, `get` gives one back.
+    pub(crate) slots: Option<Event>,
+    /// A `JoinableQueue`'s "a task finished" signal, which `join` waits on.
+    pub(crate) done: Option<Event>,
+    /// Items this process got and has not yet called `task_done` for.
+    pub(crate) got: AtomicU64,
+}
+
+impl Core {
+    /// A new queue: a channel made with `opts`, a header, and its eventfds.
+    pub(crate) fn create(maxsize: usize, joinable: bool, opts: &Options) -> Result<Core, Error> {
+        let (send_end, recv_end) = crate::channel::socket_pair(opts)?;
+        let header = SharedHeader::create(joinable, maxsize as u64)?;
+        let slots = if maxsize > 0 {
+            Some(Event::semaphore(maxsize as u64)?)
+        } else {
+            None
+        };
+        let done = if joinable {
+            Some(Event::signal()?)
+        } else {
+            None
+        };
+        Ok(Core::assemble(
+            send_end, recv_end, header, slots, done, opts,
+        ))
+    }
+
+    fn assemble(
+        send_end: std::os::fd::OwnedFd,
+        recv_end: std::os::fd::OwnedFd,
+        header: SharedHeader,
+        slots: Option<Event>,
+        done: Option<Event>,
+        opts: &Options,
+    ) -> Core {
+        let send_socket = Arc::new(Waitable::new(send_end, crate::channel::SEND_INTEREST));
+        let recv_socket = Arc::new(Waitable::new(recv_end, crate::channel::RECV_INTEREST));
+        Core {
+            send: SendHandle::new(send_socket, opts),
+            inbox: Arc::new(Inbox::new(recv_socket, opts)),
+            header,
+            slots,
+            done,
+            got: AtomicU64::new(0),
+        }
+    }
+
+    /// Rebuilds a queue passed under `taken`'s name (`kind` says which descriptors).
+    pub(crate) fn adopt(
+        mut taken: Taken,
+        kind: Kind,
+        buffer: Option<usize>,
+    ) -> Result<Core, FromEnvError> {
+        let send_end = taken.socket()?;
+        let recv_end = taken.socket()?;
+        let header = SharedHeader::adopt(taken.fd()?).map_err(|e| FromEnvError::Descriptor {
+            name: taken.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let joinable = kind == Kind::JoinableQueue;
+        if (header.header().joinable.load(Ordering::Relaxed) == 1) != joinable {
+            return Err(FromEnvError::Descriptor {
+                name: taken.name.clone(),
+                reason: "the queue header disagrees with the handle's kind".into(),
+            });
+        }
+        let slots = taken.optional()?.map(Event::adopt);
+        let done = if joinable {
+            Some(Event::adopt(taken.fd()?))
+        } else {
+            None
+        };
+        let mut opts = taken.opts.clone();
+        if let Some(bytes) = buffer {
+            opts.buffer_bytes = bytes.max(1);
+        }
+        Ok(Core::assemble(
+            send_end, recv_end, header, slots, done, &opts,
+        ))
+    }
+
+    /// What passing this queue hands over.
+    pub(crate) fn passed(&self, kind: Kind, types: &[&'static str]) -> Result<Passed, Error> {
+        let send = self.send.socket().ok_or(Error::Closed)?;
+        let fds = [
+            Some(send.fd().as_fd()),
+            Some(self.inbox.socket().fd().as_fd()),
+            Some(self.header.fd()),
+            self.slots.as_ref().map(Event::fd),
+            self.done.as_ref().map(Event::fd),
+        ];
+        let count = if kind == Kind::JoinableQueue { 5 } else { 4 };
+        Passed::new(kind, &fds[..count], self.send.options(), types)
+    }
+
+    pub(crate) fn queued(&self) -> i64 {
+        self.header.header().queued.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn unfinished(&self) -> i64 {
+        self.header.header().unfinished.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn maxsize(&self) -> u64 {
+        self.header.header().maxsize.load(Ordering::SeqCst)
+    }
+
+    /// Counts an item in before it is sent (so a fast `get` and `task_done` elsewhere never
+    /// see the counts go negative).
+    pub(crate) fn count_in(&self) {
+        let h = self.header.header();
+        h.queued.fetch_add(1, Ordering::SeqCst);
+        if self.done.is_some() {
+            h.unfinished.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Accounts for `n` items leaving the queue without a `get` (drained, or a put undone).
+    pub(crate) fn forget(&self, n: u64) {
+        self.header
+            .header()
+            .queued
+            .fetch_sub(n as i64, Ordering::SeqCst);
+        if let Some(slots) = &self.slots {
+            let _ = slots.add(n);
+        }
+        if self.done.is_some() {
+            self.finish(n);
+        }
+    }
+
+    /// Accounts for one item got.
+    pub(crate) fn got_one(&self) {
+        self.header.header().queued.fetch_sub(1, Ordering::SeqCst);
+        if let Some(slots) = &self.slots {
+            let _ = slots.add(1);
+        }
+        if self.done.is_some() {
+            self.got.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Marks `n` tasks finished, waking joiners when none is left.
+    pub(crate) fn finish(&self, n: u64) {
+        let left = self
+            .header
+            .header()
+            .unfinished
+            .fetch_sub(n as i64, Ordering::SeqCst)
+            - n as i64;
+        if left <= 0 {
+            if let Some(done) = &self.done {
+                let _ = done.add(1);
+            }
+        }
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // The last handle in this process: items it read in a batch but never got go back
+        // into the queue for other processes, instead of being lost with this process.
+        let lost = match self.send.socket() {
+            Some(socket) => self.inbox.give_back(&socket),
+            // This process closed its putting side: the inbox's own drop reports them.
+            None => 0,
+        };
+        if lost > 0 {
+            report::warn(
+                lost,
+                &format!("{lost} items a procq queue consumer had read could not be given back"),
+            );
+        }
+    }
+}
+
+/// A put in progress: undoes its accounting (slot, counts) unless it completed, so a
+/// cancelled or failed put leaves the queue as it was.
+pub(crate) struct PutGuard<'a> {
+    pub(crate) core: &'a Core,
+    pub(crate) armed: bool,
+}
+
+impl Drop for PutGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.core.forget(1);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The receiving side of one socket in one process: the inbox every receiving handle
+//! shares, and how any number of tasks (and threads) wait on it.
+//!
+//! A datagram read from the socket lands in the inbox, and its items are handed out one
+//! by one to whichever handle asks next. All state lives here, none in a future, which is
+//! what makes every receive cancel-safe.
+//!
+//! Waiting: every async receiver waits with the reactor's waiter list (`readable()`), so
+//! any number of tasks can wait at once and each readiness event wakes all of them. A
+//! socket read and the check that the inbox is empty happen under one lock, so a task
+//! only goes back to sleep (clearing readiness) when the socket and the inbox are both
+//! empty: items a task leaves in the inbox are always seen by the others, and so is the
+//! end of the channel.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{DecodeError, RecvError, RecvTimeoutError, TryRecvError};
+use crate::options::Options;
+use crate::report;
+use crate::send::Deadline;
+use crate::sys::memfd::{self, MapError, Mapping};
+use crate::sys::socket::{self, Direction};
+use crate::sys::Waitable;
+use crate::wire::datagram::{self, Outgoing};
+use crate::wire::{self, Body, Entries};
+
+/// What a taker decided about the message it was shown.
+pub(crate) enum Take<R> {
+    /// Done with it: the next receive sees the next message.
+    Consume(R),
+    /// Leave it first in line (`recv_bytes_into` with a buffer too small).
+    Keep(R),
+}
+
+/// Something that looks at the next message's bytes.
+pub(crate) type Taker<'a, R> = &'a mut (dyn FnMut(&[u8]) -> Take<R> + Send);
+
+pub(crate) struct Inbox {
+    socket: Arc<Waitable>,
+    /// The settings the channel was made with (`max_item_bytes` bounds what is accepted).
+    opts: Options,
+    state: Mutex<InboxState>,
+}
+
+/// The datagram being taken apart.
+struct InboxState {
+    buf: Box<[u8]>,
+    /// Bytes of the current datagram in `buf`.
+    len: usize,
+    entries: Entries,
+    /// An out-of-line item received and not yet taken.
+    out_of_line: Option<Mapping>,
+    fds: Vec<OwnedFd>,
+    /// The end of the channel was read: every receive from now on says so.
+    closed: bool,
+}
+
+impl Inbox {
+    pub(crate) fn new(socket: Arc<Waitable>, opts: &Options) -> Inbox {
+        Inbox {
+            socket,
+            opts: opts.clone(),
+            state: Mutex::new(InboxState {
+                buf: vec![0; wire::MAX_DATAGRAM].into_boxed_slice(),
+                len: 0,
+                entries: Entries::default(),
+                out_of_line: None,
+                fds: Vec::new(),
+                closed: false,
+            }),
+        }
+    }
+
+    pub(crate) fn socket(&self) -> &Arc<Waitable> {
+        &self.socket
+    }
+
+    pub(crate) fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Is a message (or the end) waiting in the inbox?
+    fn has_buffered(&self) -> bool {
+        let st = self.lock();
+        st.out_of_line.is_some() || !st.entries.is_empty() || st.closed
+    }
+
+    /// Is a message (or the end) ready to receive without waiting? Consumes nothing.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.has_buffered() || socket::has_input(self.socket.fd().as_fd())
+    }
+
+    /// Shows the next message to `take` if one is ready now.
+    pub(crate) fn try_take<R>(&self, take: Taker<'_, R>) -> Result<R, TryRecvError> {
+        loop {
+            if let Some(result) = self.take_buffered(take) {
+                return result.map_err(TryRecvError::from);
+            }
+            match self.read_datagram() {
+                Ok(None) => continue,
+                Ok(Some(bad)) => return Err(TryRecvError::Decode(bad)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(TryRecvError::Empty),
+                Err(e) => return Err(TryRecvError::Io(e)),
+            }
+        }
+    }
+
+    /// Shows the next message to `take`, waiting for one. Cancel-safe.
+    pub(crate) async fn take<R>(&self, take: Taker<'_, R>) -> Result<R, RecvError> {
+        loop {
+            if let Some(result) = self.take_buffered(take) {
+                return result;
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Waits until the inbox holds a message (or the end), reading a datagram if needed.
+    /// Returns the error of a datagram that was not valid (already dropped). Cancel-safe:
+    /// a datagram read is in the inbox, not in the future.
+    pub(crate) async fn fill(&self) -> Result<(), RecvError> {
+        loop {
+            if self.has_buffered() {
+                return Ok(());
+            }
+            let reactor = self.socket.reactor()?;
+            let mut guard = reactor.readable().await?;
+            match guard.try_io(|_| self.read_datagram()) {
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(bad))) => return Err(RecvError::Decode(bad)),
+                Ok(Err(e)) => return Err(RecvError::Io(e)),
+                // Socket and inbox both empty: readiness is cleared, wait for the next.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// [`fill`](Self::fill) as an owned future, for handles that keep it between polls.
+    pub(crate) async fn fill_owned(self: Arc<Self>) -> Result<(), RecvError> {
+        self.fill().await
+    }
+
+    /// Shows the next message to `take`, blocking the calling thread until one comes or
+    /// `deadline` passes.
+    pub(crate) fn blocking_take<R>(
+        &self,
+        take: Taker<'_, R>,
+        deadline: Deadline,
+    ) -> Result<R, RecvTimeoutError> {
+        loop {
+            if let Some(result) = self.take_buffered(take) {
+                return result.map_err(RecvTimeoutError::from);
+            }
+            match self.read_datagram() {
+                Ok(None) => continue,
+                Ok(Some(bad)) => return Err(RecvTimeoutError::Decode(bad)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(RecvTimeoutError::Io(e)),
+            }
+            match socket::wait_ready(self.socket.fd().as_fd(), Direction::Read, deadline) {
+                Ok(true) => {}
+                Ok(false) => return Err(RecvTimeoutError::Timeout),
+                Err(e) => return Err(RecvTimeoutError::Io(e)),
+            }
+        }
+    }
+
+    /// Waits until a message (or the end) is ready to receive, consuming nothing.
+    pub(crate) async fn ready(&self) -> io::Result<()> {
+        loop {
+            if self.has_buffered() {
+                return Ok(());
+            }
+            let mut guard = self.socket.reactor()?.readable().await?;
+            if socket::has_input(self.socket.fd().as_fd()) {
+                return Ok(());
+            }
+            guard.clear_ready();
+        }
+    }
+
+    /// Shows the next message of the current datagram to `take`, or reports the end of the
+    /// channel; `None` when a datagram must be read first.
+    fn take_buffered<R>(&self, take: Taker<'_, R>) -> Option<Result<R, RecvError>> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if let Some(map) = &st.out_of_line {
+            return Some(Ok(match take(map) {
+                Take::Consume(r) => {
+                    st.out_of_line = None;
+                    r
+                }
+                Take::Keep(r) => r,
+            }));
+        }
+        let mut after = st.entries.clone();
+        if let Some(range) = after.next_range(&st.buf[..st.len]) {
+            return Some(Ok(match take(&st.buf[range]) {
+                Take::Consume(r) => {
+                    st.entries = after;
+                    r
+                }
+                Take::Keep(r) => r,
+            }));
+        }
+        st.closed.then_some(Err(RecvError::Closed))
+    }
+
+    /// Reads one datagram into the inbox, if the inbox is empty. Returns the error of a
+    /// datagram that was not valid (already dropped, descriptors closed), or `None`.
+    /// `WouldBlock` passes through, so the reactor can clear readiness.
+    fn read_datagram(&self) -> io::Result<Option<DecodeError>> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if !st.entries.is_empty() || st.out_of_line.is_some() || st.closed {
+            return Ok(None); // another handle got here first
+        }
+        st.fds.clear();
+        let got = socket::recv_datagram(self.socket.fd().as_fd(), &mut st.buf, &mut st.fds)?;
+        let bad = self.accept(st, &got);
+        if bad.is_some() {
+            st.fds.clear(); // close whatever came with it
+        }
+        Ok(bad)
+    }
+
+    /// Validates a datagram just read into `st.buf`.
+    fn accept(&self, st: &mut InboxState, got: &socket::Received) -> Option<DecodeError> {
+        if got.truncated {
+            return Some(DecodeError::TooLong(wire::MAX_DATAGRAM));
+        }
+        if got.len == 0 && st.fds.is_empty() {
+            // End-of-channel and an empty datagram both read as 0 bytes; the socket's
+            // hang-up flag tells them apart.
+            if socket::peer_hung_up(self.socket.fd().as_fd()) {
+                st.closed = true;
+                return None;
+            }
+            return Some(DecodeError::Empty);
+        }
+        let body = match wire::parse(&st.buf[..got.len], self.opts.max_item_bytes) {
+            Ok(body) => body,
+            Err(e) => return Some(e),
+        };
+        match body {
+            Body::Inline { count } => {
+                if !st.fds.is_empty() || got.control_truncated {
+                    return Some(DecodeError::Descriptor);
+                }
+                st.entries = Entries::new(count);
+                st.len = got.len;
+                None
+            }
+            Body::OutOfLine { size } => {
+                if st.fds.len() != 1 || got.control_truncated {
+                    return Some(DecodeError::Descriptor);
+                }
+                let fd = st.fds.pop().expect("one descriptor");
+                match memfd::map_sealed(&fd, size) {
+                    Ok(map) => {
+                        st.out_of_line = Some(map);
+                        None
+                    }
+                    Err(MapError::Io(e)) => Some(DecodeError::Map(e.kind())),
+                    Err(_) => Some(DecodeError::NotSealed),
+                }
+            }
+        }
+    }
+
+    /// Writes the items this process read (as part of a batch) but nobody received back
+    /// into the channel through `send_socket` (the channel's sending end), as one datagram.
+    /// Used by a queue's last handle in a process, so a consumer that stops hands its unread
+    /// batch back instead of losing it. Returns how many could not be given back.
+    pub(crate) fn give_back(&self, send_socket: &Waitable) -> usize {
+        let mut st = self.lock();
+        let left = st.entries.len();
+        let mut lost = usize::from(st.out_of_line.take().is_some());
+        if left > 0 {
+            let entries = &st.buf[st.entries.position()..st.len];
+            let out = Outgoing::Inline {
+                count: left as u32,
+                entries,
+            };
+            if datagram::send(send_socket.fd().as_fd(), out).is_err() {
+                lost += left;
+            }
+            st.entries = Entries::default();
+        }
+        lost
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let left = st.entries.len() + usize::from(st.out_of_line.is_some());
+        if left > 0 {
+            // Read from the socket, so no other process can get them now: say so.
+            report::warn(
+                left,
+                &format!(
+                    "the last procq receiver in this process was dropped with {left} items it \
+                     had read but not returned (with Options::batch_items(1) a receiver reads \
+                     one item at a time)"
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,857 @@
+//! Buffered sending: the outbox every `Sender` handle in a process appends to, and the
+//! flush task that packs it into datagrams.
+//!
+//! This replaces Python's feeder thread. The differences that matter:
+//! * items are encoded by the caller of `send` (errors reach the caller), then only bytes
+//!   are buffered, bounded in bytes: `send` waits for room;
+//! * all writing is one synchronous step, [`Outbox::write_now`], that writes what the
+//!   socket takes without waiting. The flush task runs it whenever there is work and the
+//!   socket has room; so do the blocking calls (for code without a runtime), the last
+//!   handle's drop and the flush task's drop at runtime shutdown — so exit writes what it
+//!   can and never waits;
+//! * the outbox, not the task, holds the socket: the last handle dropped with nothing
+//!   buffered closes it at once, whether or not the runtime runs again;
+//! * what did not reach the kernel can be taken back, decoded, by `drain`; what is lost is
+//!   reported ([`crate::report`]).
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::sync::Notify;
+
+use super::item::{Encoded, Limits};
+use super::outbox::{plan, Pending};
+use super::{Deadline, Fail, Payload};
+use crate::error::{FlushError, SendErrorKind};
+use crate::report;
+use crate::sys::socket::{self, Direction};
+use crate::sys::waitable::no_runtime;
+use crate::sys::Waitable;
+use crate::wire::datagram::{self, Outgoing};
+use crate::wire::encode::EntryFail;
+
+/// Why the writing side of an outbox finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Everything accepted was written; no handle can add more (closed, or all dropped).
+    Finished,
+    /// `drain` took back what was not written.
+    Drained,
+    /// No process holds the receiving side.
+    Disconnected,
+    /// A write failed otherwise.
+    Failed(io::ErrorKind, String),
+    /// The runtime shut down with no handle left and items the socket had no room for.
+    Stopped,
+}
+
+/// Whether a flush task runs for this outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    /// None runs (never started, or its runtime shut down): pushes write through.
+    Absent,
+    /// Waiting for work on `wake`.
+    Idle,
+    /// Writing, or waiting for room in the socket.
+    Busy,
+}
+
+/// What a push asks of the caller once the state lock is released.
+enum Then {
+    Nothing,
+    Wake,
+    Spawn,
+    WriteThrough,
+}
+
+struct State {
+    /// Items accepted and not yet taken by the writer.
+    pending: Pending,
+    /// Bytes accepted and not yet in the kernel (pending and the writer's batch).
+    buffered: usize,
+    /// Items ever accepted / ever written; `flush` compares the two.
+    accepted: u64,
+    written: u64,
+    /// Live handles in this process.
+    handles: usize,
+    /// No more sends: `close` or `drain` was called.
+    closed: bool,
+    /// Every receiver is gone (seen by a write, `closed()` or `is_closed()`).
+    hung_up: bool,
+    /// Set once the writing side finished; the socket is released then.
+    end: Option<End>,
+    task: Task,
+    /// Items that will never be written (after a failure, or at shutdown), oldest first.
+    undelivered: Pending,
+    /// When a send last found the channel quiet enough to consider writing directly.
+    last_quiet_check: Option<Instant>,
+}
+
+/// The batch being written, and the socket. Locked only for synchronous writes, never
+/// across an await; taken before `State` when both are needed.
+struct Writer {
+    socket: Option<Arc<Waitable>>,
+    batch: Pending,
+    /// Bytes of `batch` already written.
+    pos: usize,
+}
+
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    writer: Mutex<Writer>,
+    /// Wakes the flush task: work after idleness, close, drain, the last handle's drop.
+    wake: Notify,
+    /// Wakes waiters on progress: room freed, items written, closed, ended.
+    progress: Notify,
+    limits: Limits,
+}
+
+/// What one synchronous writing step achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// Everything taken was written; nothing is pending.
+    Idle,
+    /// The socket is full.
+    Blocked,
+    /// The writing side has finished.
+    Ended,
+}
+
+impl Outbox {
+    pub(crate) fn new(socket: Arc<Waitable>, limits: Limits) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            state: Mutex::new(State {
+                pending: Pending::default(),
+                buffered: 0,
+                accepted: 0,
+                written: 0,
+                handles: 1,
+                closed: false,
+                hung_up: false,
+                end: None,
+                task: Task::Absent,
+                undelivered: Pending::default(),
+                last_quiet_check: None,
+            }),
+            writer: Mutex::new(Writer {
+                socket: Some(socket),
+                batch: Pending::default(),
+                pos: 0,
+            }),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            limits,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn add_handle(&self) {
+        self.lock().handles += 1;
+    }
+
+    /// The last handle in this process is gone: write what the socket takes now, and
+    /// release the socket if nothing is left. What is left is written by the flush task
+    /// while its runtime runs, and reported if that never happens.
+    pub(crate) fn drop_handle(&self) {
+        let last = {
+            let mut st = self.lock();
+            st.handles -= 1;
+            st.handles == 0
+        };
+        if last {
+            self.write_now();
+            self.wake.notify_one();
+        }
+    }
+
+    /// The socket, for passing to a child; `None` once this side finished.
+    pub(crate) fn socket(&self) -> Option<Arc<Waitable>> {
+        self.lock_writer().socket.clone()
+    }
+
+    // ----- accepting items ---------------------------------------------------------------
+
+    /// Accepts `payload` if there is room (or if `respect_limit` is false), without
+    /// waiting. Inline items are encoded straight into the buffer; one that outgrows a
+    /// datagram is encoded into a sealed memfd, outside the lock. Returns the item's number
+    /// (for `blocking_send` to wait for).
+    pub(crate) fn try_push<P: Payload>(
+        self: &Arc<Self>,
+        payload: &P,
+        respect_limit: bool,
+    ) -> Result<u64, Fail> {
+        let (seq, then) = {
+            let mut st = self.lock();
+            st.admit(respect_limit, self.limits.buffer_bytes)?;
+            let was_empty = st.pending.is_empty();
+            let appended = st
+                .pending
+                .append_with(|out| payload.append_entry(out, self.limits.inline_item));
+            match appended {
+                Ok(cost) => {
+                    st.buffered += cost;
+                    st.accepted += 1;
+                    (st.accepted, self.after_push(&mut st, was_empty, true))
+                }
+                Err(EntryFail::Encode(e)) => return Err(Fail::Failed(SendErrorKind::Encode(e))),
+                Err(EntryFail::TooLong) => {
+                    drop(st);
+                    let encoded = payload.encode(&self.limits).map_err(Fail::Failed)?;
+                    return self
+                        .push_encoded(encoded, respect_limit)
+                        .map_err(|(_, f)| f);
+                }
+            }
+        };
+        self.then(then);
+        Ok(seq)
+    }
+
+    /// Accepts an encoded item if there is room; gives it back otherwise.
+    pub(crate) fn push_encoded(
+        self: &Arc<Self>,
+        item: Encoded,
+        respect_limit: bool,
+    ) -> Result<u64, (Encoded, Fail)> {
+        let (seq, then) = {
+            let mut st = self.lock();
+            if let Err(fail) = st.admit(respect_limit, self.limits.buffer_bytes) {
+                return Err((item, fail));
+            }
+            let was_empty = st.pending.is_empty();
+            let inline = matches!(item, Encoded::Inline(_));
+            st.buffered += st.pending.push(item);
+            st.accepted += 1;
+            (st.accepted, self.after_push(&mut st, was_empty, inline))
+        };
+        self.then(then);
+        Ok(seq)
+    }
+
+    /// Decides who writes a freshly accepted item.
+    fn after_push(&self, st: &mut State, was_empty: bool, inline: bool) -> Then {
+        match st.task {
+            Task::Busy => Then::Nothing,
+            Task::Idle => {
+                if was_empty && inline && self.write_directly(st) {
+                    return Then::Nothing;
+                }
+                st.task = Task::Busy;
+                Then::Wake
+            }
+            Task::Absent if tokio::runtime::Handle::try_current().is_ok() => {
+                st.task = Task::Busy;
+                Then::Spawn
+            }
+            Task::Absent => Then::WriteThrough,
+        }
+    }
+
+    fn then(self: &Arc<Self>, then: Then) {
+        match then {
+            Then::Nothing => {}
+            Then::Wake => self.wake.notify_one(),
+            Then::Spawn => {
+                tokio::spawn(flush_task(self.clone()));
+            }
+            Then::WriteThrough => {
+                self.write_now();
+            }
+        }
+    }
+
+    /// Writes the one pending item now, if the channel has been quiet (see
+    /// [`DIRECT_SEND_GAP`]) and the socket takes it without waiting. Called with the flush
+    /// task idle and the state locked, so no write can overtake this one.
+    fn write_directly(&self, st: &mut State) -> bool {
+        let now = Instant::now();
+        let quiet = st
+            .last_quiet_check
+            .is_none_or(|at| now.duration_since(at) >= DIRECT_SEND_GAP);
+        st.last_quiet_check = Some(now);
+        if !quiet || st.pending.items() != 1 || st.pending.bytes().len() > self.limits.body_bytes {
+            return false;
+        }
+        // Lock order is writer, then state: only try, never wait, while holding state.
+        let Ok(w) = self.writer.try_lock() else {
+            return false;
+        };
+        let Some(socket) = &w.socket else {
+            return false;
+        };
+        if w.pos < w.batch.bytes().len() {
+            return false;
+        }
+        let out = Outgoing::Inline {
+            count: 1,
+            entries: st.pending.bytes(),
+        };
+        if datagram::send(socket.fd().as_fd(), out).is_err() {
+            // Full or failing: the flush task waits for room or records the failure.
+            return false;
+        }
+        st.buffered -= st.pending.bytes().len().min(st.buffered);
+        st.written += 1;
+        st.pending.clear();
+        true
+    }
+
+    /// Does a flush task run (or is one about to) for this outbox?
+    pub(crate) fn has_task(&self) -> bool {
+        self.lock().task != Task::Absent
+    }
+
+    /// Could an append succeed now, or fail for good? False only while full.
+    pub(crate) fn has_room(&self) -> bool {
+        let st = self.lock();
+        st.buffered < self.limits.buffer_bytes || st.refusal().is_some()
+    }
+
+    /// Waits until an append could succeed or could never succeed. Needs a flush task to
+    /// make room, so it starts one if none runs.
+    pub(crate) async fn room(self: &Arc<Self>) -> Result<(), io::Error> {
+        self.ensure_task()?;
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.buffered < self.limits.buffer_bytes || st.refusal().is_some() {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Starts a flush task on the current runtime if none runs and there may be work.
+    fn ensure_task(self: &Arc<Self>) -> io::Result<()> {
+        let spawn = {
+            let mut st = self.lock();
+            if st.task != Task::Absent || st.end.is_some() {
+                false
+            } else if tokio::runtime::Handle::try_current().is_err() {
+                return Err(no_runtime());
+            } else {
+                st.task = Task::Busy;
+                true
+            }
+        };
+        if spawn {
+            tokio::spawn(flush_task(self.clone()));
+        }
+        Ok(())
+    }
+
+    // ----- writing -----------------------------------------------------------------------
+
+    /// Writes what the socket takes now, without waiting.
+    pub(crate) fn write_now(&self) -> Progress {
+        let mut w = self.lock_writer();
+        match self.write_locked(&mut w) {
+            Ok(progress) => progress,
+            Err(_would_block) => Progress::Blocked,
+        }
+    }
+
+    /// The one writing step: takes pending items as a batch and writes datagrams until the
+    /// socket is full (`Err(WouldBlock)`), everything is written, or the side has ended.
+    fn write_locked(&self, w: &mut Writer) -> io::Result<Progress> {
+        loop {
+            if w.pos >= w.batch.bytes().len() {
+                w.batch.clear();
+                w.pos = 0;
+                let mut st = self.lock();
+                if st.end.is_some() {
+                    return Ok(Progress::Ended);
+                }
+                if st.pending.is_empty() {
+                    if st.handles == 0 || st.closed {
+                        self.finish(&mut st, w, End::Finished);
+                        return Ok(Progress::Ended);
+                    }
+                    return Ok(Progress::Idle);
+                }
+                std::mem::swap(&mut st.pending, &mut w.batch);
+            }
+            let Some(socket) = w.socket.clone() else {
+                return Ok(Progress::Ended);
+            };
+            let plan = plan(
+                w.batch.bytes(),
+                w.pos,
+                self.limits.body_bytes,
+                self.limits.batch_items,
+            );
+            let out = match plan.out_of_line {
+                None => Outgoing::Inline {
+                    count: plan.items as u32,
+                    entries: &w.batch.bytes()[w.pos..plan.end],
+                },
+                Some(size) => Outgoing::OutOfLine {
+                    size,
+                    memfd: w
+                        .batch
+                        .front_memfd()
+                        .expect("a memfd waits with its record")
+                        .as_fd(),
+                },
+            };
+            match datagram::send(socket.fd().as_fd(), out) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                Err(e) => {
+                    let end = if socket::is_disconnect(&e) {
+                        End::Disconnected
+                    } else {
+                        End::Failed(e.kind(), e.to_string())
+                    };
+                    let mut st = self.lock();
+                    self.finish(&mut st, w, end);
+                    return Ok(Progress::Ended);
+                }
+            }
+            if plan.out_of_line.is_some() {
+                w.batch.pop_memfd();
+            }
+            w.pos = plan.end;
+            {
+                let mut st = self.lock();
+                st.buffered -= plan.cost.min(st.buffered);
+                st.written += plan.items as u64;
+            }
+            self.progress.notify_waiters();
+        }
+    }
+
+    /// Ends the writing side: what was not written becomes undelivered (unless it was
+    /// all written), the socket is released (closing it, unless a child is being handed a
+    /// duplicate or a duplex receiver shares it), and everyone waiting is woken.
+    fn finish(&self, st: &mut State, w: &mut Writer, end: End) {
+        let mut rest = w.batch.split_from(w.pos);
+        w.pos = 0;
+        rest.append(&mut st.pending);
+        st.undelivered.append(&mut rest);
+        st.buffered = 0;
+        if end == End::Disconnected {
+            st.hung_up = true;
+        }
+        st.end = Some(end);
+        w.socket = None;
+        self.progress.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Polls one writing step, waiting for room when the socket is full. The socket is
+    /// borrowed from the writer for the duration of one poll only.
+    fn poll_write(&self, cx: &mut Context<'_>) -> Poll<Progress> {
+        let mut w = self.lock_writer();
+        loop {
+            match self.write_locked(&mut w) {
+                Ok(progress) => return Poll::Ready(progress),
+                Err(_would_block) => {}
+            }
+            let Some(socket) = w.socket.clone() else {
+                return Poll::Ready(Progress::Ended);
+            };
+            let reactor = match socket.reactor() {
+                Ok(reactor) => reactor,
+                Err(e) => {
+                    let mut st = self.lock();
+                    self.finish(&mut st, &mut w, End::Failed(e.kind(), e.to_string()));
+                    return Poll::Ready(Progress::Ended);
+                }
+            };
+            let mut guard = match reactor.poll_write_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(guard)) => guard,
+                Poll::Ready(Err(e)) => {
+                    let mut st = self.lock();
+                    self.finish(&mut st, &mut w, End::Failed(e.kind(), e.to_string()));
+                    return Poll::Ready(Progress::Ended);
+                }
+            };
+            match guard.try_io(|_| self.write_locked(&mut w)) {
+                Ok(Ok(progress)) => return Poll::Ready(progress),
+                Ok(Err(_)) => unreachable!("write_locked only fails with WouldBlock"),
+                // The socket filled again: readiness is cleared, poll once more to wait.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    // ----- flushing, closing, draining -------------------------------------------------
+
+    /// Resolves when every item accepted before the call is in the kernel.
+    pub(crate) async fn flush(self: &Arc<Self>) -> Result<(), FlushError> {
+        let target = self.lock().accepted;
+        if self.lock().written < target {
+            self.ensure_task().map_err(FlushError::Io)?;
+        }
+        self.wait_for(|st| st.flushed(target)).await
+    }
+
+    /// `flush` by the calling thread: writes itself, waiting (blocking) while the socket is
+    /// full, until `deadline`. `Ok(false)` at the deadline.
+    pub(crate) fn blocking_flush(&self, deadline: Deadline) -> Result<bool, FlushError> {
+        let target = self.lock().accepted;
+        loop {
+            if let Some(done) = self.lock().flushed(target) {
+                return done.map(|()| true);
+            }
+            if self.write_now() == Progress::Blocked && !self.wait_writable(deadline) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Items accepted and not yet written.
+    pub(crate) fn unwritten(&self) -> usize {
+        let st = self.lock();
+        (st.accepted - st.written) as usize
+    }
+
+    /// Blocks until the socket may take more, or `deadline`; false at the deadline. A
+    /// released socket counts as ready (the caller finds out why).
+    fn wait_writable(&self, deadline: Deadline) -> bool {
+        let Some(socket) = self.socket() else {
+            return true;
+        };
+        socket::wait_ready(socket.fd().as_fd(), Direction::Write, deadline).unwrap_or(true)
+    }
+
+    /// Waits (blocking) for the item numbered `seq` to be written, writing itself.
+    pub(crate) fn blocking_wait_written(&self, seq: u64, deadline: Deadline) -> Result<(), Fail> {
+        loop {
+            {
+                let st = self.lock();
+                if st.written >= seq {
+                    return Ok(());
+                }
+                if st.end.is_some() {
+                    // Accepted, then cut off: the item is among the undelivered.
+                    return Err(Fail::Failed(
+                        st.refusal().unwrap_or(SendErrorKind::Disconnected),
+                    ));
+                }
+            }
+            if self.write_now() == Progress::Blocked && !self.wait_writable(deadline) {
+                return Err(Fail::Timeout);
+            }
+        }
+    }
+
+    /// Stops new sends from every handle in this process; what was accepted still flows,
+    /// and the socket is released once it has.
+    pub(crate) fn close(&self) {
+        let absent = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.task == Task::Absent
+        };
+        self.progress.notify_waiters();
+        self.wake.notify_one();
+        if absent {
+            self.write_now();
+        }
+    }
+
+    /// Has this side been closed, drained or cut off from every receiver? Asks the kernel
+    /// whether every receiver is gone if nothing said so yet.
+    pub(crate) fn is_closed(&self) -> bool {
+        if self.lock().refusal().is_some() {
+            return true;
+        }
+        let hung_up = match self.socket() {
+            Some(socket) => socket::peer_hung_up(socket.fd().as_fd()),
+            None => true,
+        };
+        if hung_up {
+            self.lock().hung_up = true;
+            self.progress.notify_waiters();
+        }
+        hung_up
+    }
+
+    /// Resolves once no receiver is left (or this side is closed): from the socket's
+    /// hang-up, without sending anything.
+    pub(crate) async fn closed(&self) -> io::Result<()> {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().refusal().is_some() {
+                return Ok(());
+            }
+            let Some(socket) = self.socket() else {
+                return Ok(());
+            };
+            let reactor = socket.reactor()?;
+            tokio::select! {
+                ready = reactor.ready(Interest::PRIORITY) => {
+                    let _hung_up = ready?;
+                    self.lock().hung_up = true;
+                    self.progress.notify_waiters();
+                    return Ok(());
+                }
+                _ = notified => {}
+            }
+        }
+    }
+
+    /// Closes, flushes until `timeout`, then takes back everything not in the kernel.
+    pub(crate) async fn drain(self: &Arc<Self>, timeout: Duration) -> (Pending, End) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.close();
+        if self.ensure_task().is_ok() {
+            let _ = tokio::time::timeout_at(deadline, self.wait_for(|st| st.end.clone())).await;
+        }
+        self.take_back()
+    }
+
+    /// `drain` by the calling thread, blocking while it writes.
+    pub(crate) fn blocking_drain(&self, timeout: Duration) -> (Pending, End) {
+        let deadline = Some(Instant::now() + timeout);
+        self.close();
+        loop {
+            if self.lock().end.is_some() {
+                break;
+            }
+            if self.write_now() == Progress::Blocked && !self.wait_writable(deadline) {
+                break;
+            }
+        }
+        self.take_back()
+    }
+
+    /// Ends the writing side now (if it has not ended) and hands back what was not
+    /// written, oldest first, with how the side ended.
+    fn take_back(&self) -> (Pending, End) {
+        let mut w = self.lock_writer();
+        let mut st = self.lock();
+        if st.end.is_none() {
+            let end = if st.pending.is_empty() && w.pos >= w.batch.bytes().len() {
+                End::Finished
+            } else {
+                End::Drained
+            };
+            self.finish(&mut st, &mut w, end);
+        }
+        let left = std::mem::take(&mut st.undelivered);
+        let end = st.end.clone().expect("ended above");
+        (left, end)
+    }
+
+    async fn wait_for<R>(&self, mut ready: impl FnMut(&State) -> Option<R>) -> R {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = ready(&self.lock()) {
+                return r;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A send that finds the channel quiet for this long writes its datagram itself instead
+/// of waking the flush task: a lone item reaches the kernel one task hand-off sooner
+/// (on a multi-threaded runtime, one cross-thread wake-up sooner). Sends closer together
+/// than this are batched, so a burst costs one direct write, not one per item.
+const DIRECT_SEND_GAP: Duration = Duration::from_micros(20);
+
+impl State {
+    /// Checks that a new item may be accepted now.
+    fn admit(&self, respect_limit: bool, limit: usize) -> Result<(), Fail> {
+        if let Some(kind) = self.refusal() {
+            return Err(Fail::Failed(kind));
+        }
+        if respect_limit && self.buffered >= limit {
+            return Err(Fail::Full);
+        }
+        Ok(())
+    }
+
+    /// Why a new item cannot be accepted at all, if it cannot.
+    fn refusal(&self) -> Option<SendErrorKind> {
+        if self.hung_up {
+            return Some(SendErrorKind::Disconnected);
+        }
+        match &self.end {
+            Some(End::Disconnected) => Some(SendErrorKind::Disconnected),
+            Some(End::Failed(kind, msg)) => {
+                Some(SendErrorKind::Io(io::Error::new(*kind, msg.clone())))
+            }
+            Some(End::Finished | End::Drained | End::Stopped) => Some(SendErrorKind::Closed),
+            None => self.closed.then_some(SendErrorKind::Closed),
+        }
+    }
+
+    /// Whether a flush up to item `target` is over, and how.
+    fn flushed(&self, target: u64) -> Option<Result<(), FlushError>> {
+        // Once no receiver is left, say so even if every item got into the kernel: items a
+        // receiver had not read went with it.
+        if self.written >= target && !self.hung_up {
+            return Some(Ok(()));
+        }
+        if self.hung_up {
+            return Some(Err(FlushError::Disconnected {
+                undelivered: self.undelivered.items() + self.pending.items(),
+            }));
+        }
+        match &self.end {
+            None => None,
+            Some(End::Disconnected) => Some(Err(FlushError::Disconnected {
+                undelivered: self.undelivered.items(),
+            })),
+            Some(End::Failed(kind, msg)) => {
+                Some(Err(FlushError::Io(io::Error::new(*kind, msg.clone()))))
+            }
+            Some(End::Drained | End::Finished | End::Stopped) => Some(Err(FlushError::Drained)),
+        }
+    }
+}
+
+/// The flush task: writes whenever there is work and room, until the side ends.
+async fn flush_task(outbox: Arc<Outbox>) {
+    let mut guard = TaskGuard {
+        outbox: outbox.clone(),
+        done: false,
+    };
+    loop {
+        let progress = tokio::select! {
+            biased;
+            progress = poll_fn(|cx| outbox.poll_write(cx)) => progress,
+            // Close, drain or the last handle's drop: look again.
+            _ = outbox.wake.notified() => continue,
+        };
+        if progress == Progress::Ended {
+            break;
+        }
+        // Idle: sleep until there is work, watching for every receiver going away so that
+        // the next send fails at once.
+        {
+            let mut st = outbox.lock();
+            if st.end.is_some() {
+                break;
+            }
+            if !st.pending.is_empty() {
+                continue;
+            }
+            st.task = Task::Idle;
+        }
+        let socket = outbox.socket();
+        let hang_up = async {
+            match socket.as_ref().map(|s| s.reactor()) {
+                Some(Ok(reactor)) => {
+                    let _ = reactor.ready(Interest::PRIORITY).await;
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = outbox.wake.notified() => {}
+            _ = hang_up => {
+                // Nothing sent from now on can be delivered: end here, so that every send
+                // fails at once and the descriptor is released.
+                drop(socket);
+                let mut w = outbox.lock_writer();
+                let mut st = outbox.lock();
+                if st.end.is_none() {
+                    outbox.finish(&mut st, &mut w, End::Disconnected);
+                }
+                break;
+            }
+        }
+        drop(socket);
+        let mut st = outbox.lock();
+        if st.task == Task::Idle {
+            st.task = Task::Busy;
+        }
+    }
+    guard.done = true;
+    outbox.lock().task = Task::Absent;
+}
+
+/// Runs when the flush task ends; if it did not finish (its runtime is shutting down),
+/// writes what the socket takes without waiting and reports what is left.
+struct TaskGuard {
+    outbox: Arc<Outbox>,
+    done: bool,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let outbox = &self.outbox;
+        outbox.lock().task = Task::Absent;
+        outbox.write_now();
+        let mut w = outbox.lock_writer();
+        let mut st = outbox.lock();
+        if st.end.is_some() {
+            return; // what was not written is reported when the outbox goes
+        }
+        let left = (st.accepted - st.written) as usize;
+        if left == 0 {
+            return;
+        }
+        if st.handles == 0 {
+            // Nobody can write them any more: they are reported with the outbox's drop.
+            outbox.finish(&mut st, &mut w, End::Stopped);
+        } else {
+            drop((st, w));
+            report::warn(
+                left,
+                &format!(
+                    "the tokio runtime shut down with {left} items buffered by a procq \
+                     sender; they reach a receiver only if this process sends, flushes or \
+                     drains again"
+                ),
+            );
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let w = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
+        let pos = w.pos;
+        let rest = w.batch.split_from(pos).items();
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let lost = st.undelivered.items() + st.pending.items() + rest;
+        if lost > 0 {
+            let why = match &st.end {
+                Some(End::Disconnected) => "no receiver was left".to_string(),
+                Some(End::Failed(_, msg)) => format!("writing failed: {msg}"),
+                Some(End::Stopped) => {
+                    "the tokio runtime shut down before the socket had room".to_string()
+                }
+                _ => "the last handle was dropped before the socket had room".to_string(),
+            };
+            report::warn(
+                lost,
+                &format!("{lost} items sent on a procq channel never reached a receiver: {why}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Direct sending: each send writes its own datagram and completes once the kernel has it.
+//! No buffer, no flush task. Used by [`Options::direct`](crate::Options::direct), and so
+//! by `SimpleQueue` and the pipes.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::Interest;
+
+use super::item::{Encoded, Limits};
+use super::{Deadline, Fail};
+use crate::error::SendErrorKind;
+use crate::sys::socket::{self, Direction};
+use crate::sys::Waitable;
+use crate::wire::datagram;
+
+pub(crate) struct Direct {
+    /// `None` once closed: the descriptor is released so receivers can see the end.
+    socket: Mutex<Option<Arc<Waitable>>>,
+    limits: Limits,
+    hung_up: AtomicBool,
+}
+
+impl Direct {
+    pub(crate) fn new(socket: Arc<Waitable>, limits: Limits) -> Self {
+        Direct {
+            socket: Mutex::new(Some(socket)),
+            limits,
+            hung_up: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The socket, or why nothing can be sent any more.
+    pub(crate) fn socket(&self) -> Result<Arc<Waitable>, SendErrorKind> {
+        if self.hung_up.load(Ordering::Relaxed) {
+            return Err(SendErrorKind::Disconnected);
+        }
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        socket.clone().ok_or(SendErrorKind::Closed)
+    }
+
+    /// Writes `item` if the socket takes it now; `Full` if it would have to wait.
+    pub(crate) fn try_write(&self, item: &Encoded) -> Result<(), Fail> {
+        let socket = self.socket().map_err(Fail::Failed)?;
+        match datagram::send(socket.fd().as_fd(), item.datagram()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Fail::Full),
+            Err(e) => Err(Fail::Failed(self.failed(e))),
+        }
+    }
+
+    /// Writes `item`, waiting for room in the kernel until `deadline`. Dropping the future
+    /// before it completes means nothing was written.
+    pub(crate) async fn write(
+        &self,
+        item: &Encoded,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), Fail> {
+        match self.try_write(item) {
+            Err(Fail::Full) => {}
+            other => return other,
+        }
+        let socket = self.socket().map_err(Fail::Failed)?;
+        let reactor = socket
+            .reactor()
+            .map_err(|e| Fail::Failed(SendErrorKind::Io(e)))?;
+        let writing = async {
+            loop {
+                let mut guard = reactor
+                    .writable()
+                    .await
+                    .map_err(|e| Fail::Failed(SendErrorKind::Io(e)))?;
+                match guard.try_io(|_| datagram::send(socket.fd().as_fd(), item.datagram())) {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => return Err(Fail::Failed(self.failed(e))),
+                    Err(_would_block) => continue,
+                }
+            }
+        };
+        match deadline {
+            None => writing.await,
+            Some(at) => tokio::time::timeout_at(at, writing)
+                .await
+                .unwrap_or(Err(Fail::Timeout)),
+        }
+    }
+
+    /// Writes `item` from the calling thread, blocking while the kernel is full, until
+    /// `deadline`.
+    pub(crate) fn blocking_write(&self, item: &Encoded, deadline: Deadline) -> Result<(), Fail> {
+        loop {
+            match self.try_write(item) {
+                Err(Fail::Full) => {}
+                other => return other,
+            }
+            let socket = self.socket().map_err(Fail::Failed)?;
+            match socket::wait_ready(socket.fd().as_fd(), Direction::Write, deadline) {
+                Ok(true) => continue,
+                Ok(false) => return Err(Fail::Timeout),
+                Err(e) => return Err(Fail::Failed(SendErrorKind::Io(e))),
+            }
+        }
+    }
+
+    fn failed(&self, e: io::Error) -> SendErrorKind {
+        if socket::is_disconnect(&e) {
+            self.hung_up.store(true, Ordering::Relaxed);
+            SendErrorKind::Disconnected
+        } else {
+            SendErrorKind::Io(e)
+        }
+    }
+
+    /// Stops sending from every handle in this process and releases the descriptor.
+    pub(crate) fn close(&self) {
+        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Closed here, or every receiver gone (asking the kernel).
+    pub(crate) fn is_closed(&self) -> bool {
+        match self.socket() {
+            Err(_) => true,
+            Ok(socket) => {
+                let gone = socket::peer_hung_up(socket.fd().as_fd());
+                if gone {
+                    self.hung_up.store(true, Ordering::Relaxed);
+                }
+                gone
+            }
+        }
+    }
+
+    /// Resolves once no receiver is left (or this side is closed).
+    pub(crate) async fn closed(&self) -> io::Result<()> {
+        let Ok(socket) = self.socket() else {
+            return Ok(());
+        };
+        let _hung_up = socket.reactor()?.ready(Interest::PRIORITY).await?;
+        self.hung_up.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
