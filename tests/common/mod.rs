@@ -47,9 +47,9 @@ pub struct Kid {
 }
 
 impl Kid {
-    pub fn spawn(mut cmd: Command) -> Kid {
-        let mut child = cmd.spawn().expect("spawn child");
-        drop(cmd); // close the parent's copies of passed descriptors
+    /// Spawns `cmd` with `procq::spawn`, so the parent keeps no copy of what was passed.
+    pub fn spawn(cmd: Command) -> Kid {
+        let mut child = procq::spawn(cmd).expect("spawn child");
         let stdout = child.stdout.take().expect("piped stdout");
         Kid {
             child,
@@ -96,17 +96,37 @@ pub fn report(line: impl std::fmt::Display) {
     out.flush().unwrap();
 }
 
-/// Runs a child role on a fresh runtime and exits the process with its status.
+/// The environment variable naming the runtime flavor a child runs its role on.
+pub const FLAVOR: &str = "PROCQ_TEST_FLAVOR";
+
+/// A tokio runtime of the flavor `FLAVOR` names (`multi`: two worker threads; anything
+/// else: current-thread).
+pub fn runtime_for_child() -> tokio::runtime::Runtime {
+    let multi = std::env::var(FLAVOR).as_deref() == Ok("multi");
+    runtime(multi)
+}
+
+/// A current-thread runtime, or a multi-thread one with two workers.
+pub fn runtime(multi: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().unwrap()
+}
+
+/// Runs a child role on a fresh runtime (of the flavor `FLAVOR` names), drops the runtime
+/// as returning from `main` would, and exits the process.
 pub fn run_child<F, Fut>(dispatch: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let Some(role) = role() else { return };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime_for_child();
     rt.block_on(dispatch(role));
     drop(rt);
     std::process::exit(0);
