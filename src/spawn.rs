@@ -288,12 +288,16 @@ pub(crate) fn take(
     let mut fields = value.split(';');
     match fields.next() {
         Some(FORMAT) => {}
-        Some(other) if other.starts_with("procq") => {
-            return Err(malformed(&format!(
-                "written by another version of procq (format {other}, this one reads {FORMAT})"
-            )))
+        _ => {
+            let head = value.split([';', ':']).next().unwrap_or_default();
+            return Err(malformed(&if head.starts_with("procq") {
+                format!(
+                    "written by another version of procq (format {head}, this one reads {FORMAT})"
+                )
+            } else {
+                "not a value procq wrote".to_string()
+            }));
         }
-        _ => return Err(malformed("not a procq value")),
     }
     let mut get = std::collections::HashMap::new();
     for field in fields {

@@ -408,16 +408,17 @@ async fn only_the_passed_descriptor_reaches_a_std_child() {
 async fn a_missing_or_wrong_name_is_a_clear_error() {
     let (tx, _rx) = procq::channel::<u32>().unwrap();
     let mut cmd = child_command("bad-names");
-    cmd.env("GARBAGE", "procq1:receiver:notanumber");
+    cmd.env("GARBAGE", "procq1:receiver:7");
     procq::pass(&mut cmd, "WRONG_KIND", tx).unwrap();
     let mut kid = Kid::spawn(cmd);
     assert_eq!(
         kid.report().await,
-        "NOT_SET: no procq channel was passed as `NOT_SET` (environment variable not set)"
+        "NOT_SET: no procq handle was passed as `NOT_SET` (environment variable not set)"
     );
     assert_eq!(
         kid.report().await,
-        "GARBAGE: `GARBAGE` does not describe a procq channel: descriptor numbers are not integers"
+        "GARBAGE: `GARBAGE` does not describe a procq handle: written by another version of \
+         procq (format procq1, this one reads procq2)"
     );
     assert_eq!(
         kid.report().await,
@@ -427,7 +428,7 @@ async fn a_missing_or_wrong_name_is_a_clear_error() {
     assert!(kid
         .report()
         .await
-        .starts_with("twice: `WRONG_KIND` does not describe"));
+        .starts_with("twice: `WRONG_KIND`: descriptor"));
     assert!(kid.exit_within(PATIENCE).await.success());
     let mut cmd = child_command("x");
     assert!(procq::pass(&mut cmd, "A=B", procq::channel::<u8>().unwrap().1).is_err());

@@ -104,7 +104,8 @@ struct Writer {
 pub(crate) struct Outbox {
     state: Mutex<State>,
     writer: Mutex<Writer>,
-    /// Wakes the flush task: work after idleness, close, drain, the last handle's drop.
+    /// Wakes the flush task: work after idleness, close, drain, the last handle's drop, the
+    /// end.
     wake: Notify,
     /// Wakes waiters on progress: room freed, items written, closed, ended.
     progress: Notify,
@@ -746,8 +747,8 @@ async fn flush_task(outbox: Arc<Outbox>) {
         if progress == Progress::Ended {
             break;
         }
-        // Idle: sleep until there is work, watching for every receiver going away so that
-        // the next send fails at once.
+        // Idle: sleep until there is work. (Nothing here may hold the socket across the
+        // await: the last handle's drop must be able to close it while this task sleeps.)
         {
             let mut st = outbox.lock();
             if st.end.is_some() {
@@ -758,30 +759,7 @@ async fn flush_task(outbox: Arc<Outbox>) {
             }
             st.task = Task::Idle;
         }
-        let socket = outbox.socket();
-        let hang_up = async {
-            match socket.as_ref().map(|s| s.reactor()) {
-                Some(Ok(reactor)) => {
-                    let _ = reactor.ready(Interest::PRIORITY).await;
-                }
-                _ => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = outbox.wake.notified() => {}
-            _ = hang_up => {
-                // Nothing sent from now on can be delivered: end here, so that every send
-                // fails at once and the descriptor is released.
-                drop(socket);
-                let mut w = outbox.lock_writer();
-                let mut st = outbox.lock();
-                if st.end.is_none() {
-                    outbox.finish(&mut st, &mut w, End::Disconnected);
-                }
-                break;
-            }
-        }
-        drop(socket);
+        outbox.wake.notified().await;
         let mut st = outbox.lock();
         if st.task == Task::Idle {
             st.task = Task::Busy;
