@@ -77,9 +77,8 @@ struct Kid {
 }
 
 impl Kid {
-    fn spawn(mut cmd: Command) -> Kid {
-        let mut child = cmd.spawn().expect("spawn");
-        drop(cmd);
+    fn spawn(cmd: Command) -> Kid {
+        let mut child = procq::spawn(cmd).expect("spawn");
         let out = child.stdout.take().unwrap();
         Kid {
             child,
@@ -153,23 +152,20 @@ async fn child(role: &str) {
             let go = procq::Receiver::<()>::from_env("GO").unwrap();
             let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
             let it = item();
-            let (_joinable, q) = bench_queue(role);
+            let q = BenchQueue::from_env(role);
             say("ready");
             go.recv().await.unwrap();
             for _ in 0..count {
-                q.put(it.clone()).await.unwrap();
+                q.put(it.clone()).await;
             }
-            q.flush().await.unwrap();
+            q.flush().await;
         }
         "queue-consumer" | "joinable-consumer" => {
             let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
-            let (joinable, q) = bench_queue(role);
+            let q = BenchQueue::from_env(role);
             say("ready");
             for _ in 0..count {
-                q.get().await.unwrap();
-                if let Some(jq) = &joinable {
-                    jq.task_done().unwrap();
-                }
+                q.get_and_finish().await;
             }
             say("done");
         }
@@ -212,15 +208,45 @@ async fn child(role: &str) {
     let _ = n;
 }
 
-/// The queue a queue-bench child was passed: a `JoinableQueue` for the `joinable-*` roles
-/// (which dereferences to the `Queue` used for put and get), else a plain `Queue`.
-fn bench_queue(role: &str) -> (Option<procq::JoinableQueue<Item>>, procq::Queue<Item>) {
-    if role.starts_with("joinable") {
-        let jq = procq::JoinableQueue::<Item>::from_env("Q").unwrap();
-        let q = (*jq).clone();
-        (Some(jq), q)
-    } else {
-        (None, procq::Queue::<Item>::from_env("Q").unwrap())
+/// The queue a queue-bench child was passed: a `JoinableQueue` for the `joinable-*` roles,
+/// else a plain `Queue`.
+enum BenchQueue {
+    Plain(procq::Queue<Item>),
+    Joinable(procq::JoinableQueue<Item>),
+}
+
+impl BenchQueue {
+    fn from_env(role: &str) -> BenchQueue {
+        if role.starts_with("joinable") {
+            BenchQueue::Joinable(procq::JoinableQueue::from_env("Q").unwrap())
+        } else {
+            BenchQueue::Plain(procq::Queue::from_env("Q").unwrap())
+        }
+    }
+
+    async fn put(&self, it: Item) {
+        match self {
+            BenchQueue::Plain(q) => q.put(it).await.unwrap(),
+            BenchQueue::Joinable(q) => q.put(it).await.unwrap(),
+        }
+    }
+
+    async fn flush(&self) {
+        match self {
+            BenchQueue::Plain(q) => q.flush().await.unwrap(),
+            BenchQueue::Joinable(q) => q.flush().await.unwrap(),
+        }
+    }
+
+    /// Gets an item and, from a joinable queue, marks it done.
+    async fn get_and_finish(&self) {
+        match self {
+            BenchQueue::Plain(q) => drop(q.get().await.unwrap()),
+            BenchQueue::Joinable(q) => {
+                q.get().await.unwrap();
+                q.task_done().unwrap();
+            }
+        }
     }
 }
 

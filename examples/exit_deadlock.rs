@@ -46,8 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
     cmd.env("PROCQ_ROLE", "child");
     procq::pass(&mut cmd, "QUEUE", queue.clone())?;
-    let mut p = cmd.spawn()?;
-    drop(cmd);
+    let mut p = procq::spawn(cmd)?; // the parent keeps no copy of what was passed
     let status = tokio::time::timeout(Duration::from_secs(10), p.wait()).await??; // join
     println!("parent: child exited ({status}) without anyone reading");
     let obj = queue.get_timeout(Duration::from_secs(10)).await?;

@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.env("PROCQ_ROLE", "worker").kill_on_drop(true); // daemon=True
         procq::pass(&mut cmd, "TASKS", q.clone())?;
-        workers.push(cmd.spawn()?);
+        workers.push(procq::spawn(cmd)?);
     }
     let start = Instant::now();
     for n in 0..1000 {

@@ -54,8 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.env("PROCQ_ROLE", "reader").kill_on_drop(true); // Python's daemon = True
         procq::pass(&mut cmd, "QUEUE", pqueue.clone())?;
-        let mut reader_p = cmd.spawn()?;
-        drop(cmd);
+        let mut reader_p = procq::spawn(cmd)?; // the parent keeps no copy of what was passed
         let start = Instant::now();
         writer(count, &pqueue).await?;
         reader_p.wait().await?;

@@ -7,7 +7,9 @@
 //! The Python pattern: start N reader processes on one `Queue`, put the numbers, then one
 //! `"DONE"` per reader, and join them all. Each reader reports how many numbers it took.
 //! The queue is made with `procq::queue_options()` so each `get` takes exactly one item
-//! from the shared queue, as in Python, and the readers share the numbers evenly.
+//! from the shared queue, as in Python: whichever reader asks first gets the next number,
+//! so how the numbers split depends on how fast each reader runs (a reader with no work
+//! per number can take most of them).
 
 use std::time::Instant;
 
@@ -46,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.env("PROCQ_ROLE", "reader").kill_on_drop(true);
         procq::pass(&mut cmd, "QUEUE", queue.clone())?;
-        children.push(cmd.spawn()?);
+        children.push(procq::spawn(cmd)?);
     }
     let start = Instant::now();
     for n in 0..count {

@@ -18,7 +18,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_millis(pause)).await;
             tx.send((i as u32, 20.0 + i as f64 / 2.0)).await?;
         }
-        tx.drain(Duration::from_secs(5)).await;
+        let left = tx.drain(Duration::from_secs(5)).await;
+        assert!(left.is_complete(), "the reader went away early");
         return Ok(());
     }
 
@@ -26,8 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
     cmd.env("PROCQ_ROLE", "sensor");
     procq::pass(&mut cmd, "READINGS", tx)?;
-    let mut child = cmd.spawn()?;
-    drop(cmd);
+    let mut child = procq::spawn(cmd)?; // the parent keeps no copy of what was passed
 
     let shutdown = tokio::signal::ctrl_c();
     tokio::pin!(shutdown);

@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         cmd.env("PROCQ_SENDER", n.to_string());
         procq::pass(&mut cmd, "PIPE", tx)?;
-        children.push(cmd.spawn()?);
+        children.push(procq::spawn(cmd)?);
         receivers.push(rx);
     }
     // connection.wait(receivers) + recv(), as one stream; it ends when every sender has.

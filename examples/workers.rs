@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cmd.env("PROCQ_ROLE", "worker").env("WORKER", n.to_string());
         procq::pass(&mut cmd, "JOBS", job_rx.clone())?;
         procq::pass(&mut cmd, "DONE", done_tx.clone())?;
-        children.push(cmd.spawn()?);
+        children.push(procq::spawn(cmd)?);
     }
     // The workers hold the only copies now: when they exit, `done_rx` ends.
     drop((job_rx, done_tx));

@@ -384,8 +384,7 @@ async fn only_the_passed_descriptor_reaches_a_std_child() {
         .env(common::ROLE, "list-fds")
         .stdout(std::process::Stdio::piped());
     procq::pass(&mut cmd, "CH", rx).unwrap();
-    let mut child = cmd.spawn().unwrap();
-    drop(cmd);
+    let mut child = procq::spawn(cmd).unwrap();
     tx.send(9).await.unwrap();
     let out = child.stdout.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
@@ -604,7 +603,7 @@ async fn a_slow_reader_keeps_the_producer_under_64_mib() {
     while got < 1_000_000 {
         rx.recv_timeout(PATIENCE).await.unwrap();
         got += 1;
-        if got % 20_000 == 0 {
+        if got.is_multiple_of(20_000) {
             // Read slower than the producer writes.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

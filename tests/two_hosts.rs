@@ -32,7 +32,7 @@ async fn play(role: &str) {
         match q.put_timeout(&acked, Duration::from_secs(2)).await {
             Ok(()) => {
                 acked += 1;
-                if acked % 1000 == 0 {
+                if acked.is_multiple_of(1000) {
                     report(format!("acked {acked}"));
                 }
             }
