@@ -159,15 +159,18 @@ async fn child(role: &str) {
                 q.put(it.clone()).await;
             }
             q.flush().await;
+            q.close();
         }
         "queue-consumer" | "joinable-consumer" => {
-            let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
+            // Gets until the queue ends (every process closed its putting side).
             let q = BenchQueue::from_env(role);
+            q.close();
             say("ready");
-            for _ in 0..count {
-                q.get_and_finish().await;
+            let mut got = 0usize;
+            while q.get_and_finish().await {
+                got += 1;
             }
-            say("done");
+            say(format!("done {got}"));
         }
         "remote-server" => {
             let server = procq::remote::Server::new(procq::remote::ServerConfig::new(REMOTE_KEY));
@@ -238,14 +241,23 @@ impl BenchQueue {
         }
     }
 
-    /// Gets an item and, from a joinable queue, marks it done.
-    async fn get_and_finish(&self) {
+    /// Gets an item and, from a joinable queue, marks it done; `false` at the end.
+    async fn get_and_finish(&self) -> bool {
+        let got = match self {
+            BenchQueue::Plain(q) => q.get().await.map(drop),
+            BenchQueue::Joinable(q) => q.get().await.map(|_| q.task_done().unwrap()),
+        };
+        match got {
+            Ok(()) => true,
+            Err(e) if e.is_closed() => false,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn close(&self) {
         match self {
-            BenchQueue::Plain(q) => drop(q.get().await.unwrap()),
-            BenchQueue::Joinable(q) => {
-                q.get().await.unwrap();
-                q.task_done().unwrap();
-            }
+            BenchQueue::Plain(q) => q.close(),
+            BenchQueue::Joinable(q) => q.close(),
         }
     }
 }
@@ -573,6 +585,15 @@ async fn procq_queue(kind: &str, n: usize, p: usize, c: usize, fair: bool) -> f6
         }
     }
     drop(go_rx);
+    // The children hold the queue now; this process only joins, and puts nothing.
+    drop(q);
+    let joined = if joinable {
+        jq.close();
+        Some(jq)
+    } else {
+        drop(jq);
+        None
+    };
     for (_, kid) in &mut kids {
         assert_eq!(kid.line().await, "ready");
     }
@@ -581,12 +602,19 @@ async fn procq_queue(kind: &str, n: usize, p: usize, c: usize, fair: bool) -> f6
         go_tx.send(()).await.unwrap();
     }
     go_tx.flush().await.unwrap();
+    let mut got = 0;
     for (role, kid) in &mut kids {
         if *role == "consumer" {
-            assert_eq!(kid.line().await, "done");
+            let line = kid.line().await;
+            got += line
+                .strip_prefix("done ")
+                .unwrap()
+                .parse::<usize>()
+                .unwrap();
         }
     }
-    if joinable {
+    assert_eq!(got, n / p * p, "every item got once");
+    if let Some(jq) = &joined {
         jq.join().await.unwrap();
     }
     let elapsed = start.elapsed();

@@ -23,7 +23,6 @@ use crate::send::Deadline;
 use crate::sys::memfd::{self, MapError, Mapping};
 use crate::sys::socket::{self, Direction};
 use crate::sys::Waitable;
-use crate::wire::datagram::{self, Outgoing};
 use crate::wire::{self, Body, Entries};
 
 /// What a taker decided about the message it was shown.
@@ -50,8 +49,9 @@ struct InboxState {
     /// Bytes of the current datagram in `buf`.
     len: usize,
     entries: Entries,
-    /// An out-of-line item received and not yet taken.
-    out_of_line: Option<Mapping>,
+    /// An out-of-line item received and not yet taken: its memfd (kept so the item can be
+    /// handed back) and the mapping it is read through.
+    out_of_line: Option<(OwnedFd, Mapping)>,
     fds: Vec<OwnedFd>,
     /// The end of the channel was read: every receive from now on says so.
     closed: bool,
@@ -190,7 +190,7 @@ impl Inbox {
     fn take_buffered<R>(&self, take: Taker<'_, R>) -> Option<Result<R, RecvError>> {
         let mut st = self.lock();
         let st = &mut *st;
-        if let Some(map) = &st.out_of_line {
+        if let Some((_, map)) = &st.out_of_line {
             return Some(Ok(match take(map) {
                 Take::Consume(r) => {
                     st.out_of_line = None;
@@ -264,7 +264,7 @@ impl Inbox {
                 let fd = st.fds.pop().expect("one descriptor");
                 match memfd::map_sealed(&fd, size) {
                     Ok(map) => {
-                        st.out_of_line = Some(map);
+                        st.out_of_line = Some((fd, map));
                         None
                     }
                     Err(MapError::Io(e)) => Some(DecodeError::Map(e.kind())),
@@ -274,26 +274,40 @@ impl Inbox {
         }
     }
 
-    /// Writes the items this process read (as part of a batch) but nobody received back
-    /// into the channel through `send_socket` (the channel's sending end), as one datagram.
-    /// Used by a queue's last handle in a process, so a consumer that stops hands its unread
-    /// batch back instead of losing it. Returns how many could not be given back.
-    pub(crate) fn give_back(&self, send_socket: &Waitable) -> usize {
+    /// Takes out the items this process read from the socket (as part of a batch, or an
+    /// out-of-line item) that no handle has received: for a queue's last handle in a
+    /// process, which hands them back to the queue instead of losing them.
+    pub(crate) fn take_unread(&self) -> Unread {
         let mut st = self.lock();
-        let left = st.entries.len();
-        let mut lost = usize::from(st.out_of_line.take().is_some());
-        if left > 0 {
-            let entries = &st.buf[st.entries.position()..st.len];
-            let out = Outgoing::Inline {
-                count: left as u32,
-                entries,
-            };
-            if datagram::send(send_socket.fd().as_fd(), out).is_err() {
-                lost += left;
-            }
-            st.entries = Entries::default();
+        let count = st.entries.len();
+        let entries = st.buf[st.entries.position()..st.len].to_vec();
+        let entries = if count > 0 { entries } else { Vec::new() };
+        st.entries = Entries::default();
+        let out_of_line = st
+            .out_of_line
+            .take()
+            .map(|(fd, map)| (fd, map.len() as u64));
+        Unread {
+            count,
+            entries,
+            out_of_line,
         }
-        lost
+    }
+}
+
+/// Items read from the socket that no handle received (see [`Inbox::take_unread`]).
+pub(crate) struct Unread {
+    /// How many entries `entries` holds.
+    pub(crate) count: usize,
+    /// Entries exactly as an inline datagram carries them.
+    pub(crate) entries: Vec<u8>,
+    /// An out-of-line item: its sealed memfd and size.
+    pub(crate) out_of_line: Option<(OwnedFd, u64)>,
+}
+
+impl Unread {
+    pub(crate) fn items(&self) -> usize {
+        self.count + usize::from(self.out_of_line.is_some())
     }
 }
 

@@ -299,4 +299,15 @@ fn async_calls_outside_a_runtime_return_errors_instead_of_panicking() {
         },
     );
     assert_eq!(q.blocking_get().unwrap(), 1);
+    unsupported(block_on(q.get()), |e| match e {
+        RecvError::Io(e) => Some(e.kind()),
+        _ => None,
+    });
+    // drain does not wait outside a runtime: it hands back at once what the kernel did not
+    // take (the one item the full buffer held).
+    let started = std::time::Instant::now();
+    let left = block_on(tx.drain(Duration::from_secs(5)));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(left.items().len(), 1);
+    assert!(block_on(tx.send(vec![])).unwrap_err().is_closed());
 }

@@ -200,6 +200,19 @@ async fn play(role: &str) {
                 t.join().unwrap();
             }
         }
+        // On "go", gets one item of a batch, drops its queue handle (handing the rest of the
+        // batch back while the queue's kernel buffer is full), keeps its runtime running.
+        "get-one-then-drop" => {
+            let q = procq::Queue::<Vec<u8>>::from_env("CH").unwrap();
+            let mut lines = BufReader::new(tokio::io::stdin()).lines();
+            report("ready");
+            assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("go"));
+            let item = q.get_timeout(PATIENCE).await.unwrap();
+            report(format!("got {}", item[0]));
+            drop(q);
+            report("dropped");
+            while let Ok(Some(_)) = lines.next_line().await {}
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -685,4 +698,44 @@ async fn concurrent_drops_of_a_queues_last_handles_give_the_batch_back_once() {
             "given back exactly once"
         );
     }
+}
+
+#[tokio::test]
+async fn a_batch_handed_back_while_the_queue_is_full_is_not_lost() {
+    let q = procq::Queue::<Vec<u8>>::new().unwrap();
+    let mut cmd = child_command("get-one-then-drop");
+    cmd.stdin(std::process::Stdio::piped());
+    procq::pass(&mut cmd, "CH", q.clone()).unwrap();
+    let mut kid = Kid::spawn(cmd);
+    let mut stdin = kid.child.stdin.take().unwrap();
+    assert_eq!(kid.report().await, "ready");
+    // Fill the queue's kernel buffer: put until a flush cannot finish (nobody reads yet).
+    let mut put = 0u64;
+    loop {
+        for _ in 0..1000 {
+            let mut item = vec![0u8; 500];
+            item[0] = (put % 251) as u8;
+            q.put(item).await.unwrap();
+            put += 1;
+        }
+        if tokio::time::timeout(Duration::from_millis(50), q.flush())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    use tokio::io::AsyncWriteExt;
+    stdin.write_all(b"go\n").await.unwrap();
+    assert!(kid.report().await.starts_with("got "));
+    assert_eq!(kid.report().await, "dropped");
+    // Everything comes out here: the item the child got is the only one missing.
+    let mut got = 0;
+    while got < put - 1 {
+        q.get_timeout(PATIENCE).await.unwrap();
+        got += 1;
+    }
+    assert!(matches!(q.try_get(), Err(procq::TryRecvError::Empty)));
+    drop(stdin);
+    assert!(kid.exit_within(PATIENCE).await.success());
 }

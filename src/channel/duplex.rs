@@ -47,7 +47,7 @@ impl<S: Serialize, R> Duplex<S, R> {
         self.tx.send(item).await
     }
 
-    /// [`Sender::send_timeout`].
+    /// [`Sender::send_timeout`]: the item back at the timeout. Cancel-safe.
     pub async fn send_timeout(
         &self,
         item: S,
@@ -88,44 +88,44 @@ impl<S, R: DeserializeOwned> Duplex<S, R> {
         self.rx.blocking_recv()
     }
 
-    /// [`Receiver::blocking_recv_timeout`].
+    /// [`Receiver::blocking_recv_timeout`]: `Timeout` at the deadline, nothing lost.
     pub fn blocking_recv_timeout(&self, timeout: Duration) -> Result<R, RecvTimeoutError> {
         self.rx.blocking_recv_timeout(timeout)
     }
 }
 
 impl<S, R> Duplex<S, R> {
-    /// [`Sender::flush`].
+    /// [`Sender::flush`]. Cancel-safe.
     pub async fn flush(&self) -> Result<(), FlushError> {
         self.tx.flush().await
     }
 
-    /// [`Sender::flush_timeout`].
+    /// [`Sender::flush_timeout`]. Cancel-safe.
     pub async fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushTimeoutError> {
         self.tx.flush_timeout(timeout).await
     }
 
-    /// [`Sender::send_bytes`]: one raw message.
+    /// [`Sender::send_bytes`]: one raw message. Cancel-safe.
     pub async fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
         self.tx.send_bytes(bytes).await
     }
 
-    /// [`Receiver::recv_bytes`]: the next message's bytes, undecoded.
+    /// [`Receiver::recv_bytes`]: the next message's bytes, undecoded. Cancel-safe.
     pub async fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         self.rx.recv_bytes().await
     }
 
-    /// [`Receiver::recv_bytes_into`]: the next message into `buf`.
+    /// [`Receiver::recv_bytes_into`]: the next message into `buf`. Cancel-safe.
     pub async fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {
         self.rx.recv_bytes_into(buf).await
     }
 
-    /// [`Receiver::poll`]: is a message ready within `timeout`?
+    /// [`Receiver::poll`]: is a message ready within `timeout`? Cancel-safe.
     pub async fn poll(&self, timeout: Duration) -> bool {
         self.rx.poll(timeout).await
     }
 
-    /// [`Sender::closed`]: resolves once the other end is gone.
+    /// [`Sender::closed`]: resolves once the other end is gone. Cancel-safe.
     pub async fn closed(&self) -> std::io::Result<()> {
         self.tx.closed().await
     }

@@ -10,7 +10,7 @@ use crate::error::{Error, FromEnvError};
 use crate::options::Options;
 use crate::recv::Inbox;
 use crate::report;
-use crate::send::SendHandle;
+use crate::send::{Engine, SendHandle};
 use crate::spawn::{Kind, Passed, Taken};
 use crate::sys::shared::SharedHeader;
 use crate::sys::Waitable;
@@ -183,16 +183,26 @@ impl Core {
 impl Drop for Core {
     fn drop(&mut self) {
         // The last handle in this process: items it read in a batch but never got go back
-        // into the queue for other processes, instead of being lost with this process.
-        let lost = match self.send.socket() {
-            Some(socket) => self.inbox.give_back(&socket),
-            // This process closed its putting side: the inbox's own drop reports them.
-            None => 0,
+        // into the queue for other processes, through this process's putting side (written
+        // like any buffered item), instead of being lost with this process.
+        let unread = self.inbox.take_unread();
+        if unread.items() == 0 {
+            return;
+        }
+        let lost = match self.send.engine() {
+            Engine::Buffered(outbox) => match outbox.take_back_unread(unread) {
+                Ok(()) => 0,
+                Err(unread) => unread.items(),
+            },
+            Engine::Direct(direct) => direct.give_back(unread),
         };
         if lost > 0 {
             report::warn(
                 lost,
-                &format!("{lost} items a procq queue consumer had read could not be given back"),
+                &format!(
+                    "{lost} items a procq queue consumer had read could not be given back: \
+                     this process had closed its putting side, or no receiver was left"
+                ),
             );
         }
     }

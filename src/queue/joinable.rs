@@ -150,7 +150,7 @@ impl<T> JoinableQueue<T> {
         self.queue.maxsize()
     }
 
-    /// [`Queue::flush`].
+    /// [`Queue::flush`]. Cancel-safe.
     pub async fn flush(&self) -> Result<(), FlushError> {
         self.queue.flush().await
     }
@@ -187,7 +187,7 @@ impl<T: Serialize> JoinableQueue<T> {
         self.queue.blocking_put(item)
     }
 
-    /// [`Queue::blocking_put_timeout`].
+    /// [`Queue::blocking_put_timeout`]: the item back at the timeout.
     pub fn blocking_put_timeout(
         &self,
         item: T,
@@ -219,12 +219,12 @@ impl<T: DeserializeOwned> JoinableQueue<T> {
         self.queue.blocking_get()
     }
 
-    /// [`Queue::blocking_get_timeout`].
+    /// [`Queue::blocking_get_timeout`]: `Timeout` at the deadline, nothing lost.
     pub fn blocking_get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.queue.blocking_get_timeout(timeout)
     }
 
-    /// [`Queue::drain`]: the items returned no longer count as tasks.
+    /// [`Queue::drain`]: the items returned no longer count as tasks. Not cancel-safe.
     pub async fn drain(&self, timeout: Duration) -> Drained<T> {
         self.queue.drain(timeout).await
     }

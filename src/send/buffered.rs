@@ -28,6 +28,7 @@ use super::item::{Encoded, Limits};
 use super::outbox::{plan, Pending};
 use super::{Deadline, Fail, Payload};
 use crate::error::{FlushError, SendErrorKind};
+use crate::recv::Unread;
 use crate::report;
 use crate::sys::socket::{self, Direction};
 use crate::sys::waitable::no_runtime;
@@ -243,6 +244,34 @@ impl Outbox {
         };
         self.then(then);
         Ok(seq)
+    }
+
+    /// Takes back items a receiver of this process read and did not return (a queue's last
+    /// handle), to be written like any buffered item: now if the socket has room, by the
+    /// flush task while the runtime runs, and reported if neither happens. Ignores the
+    /// buffer limit and a `close` (they were accepted once already); fails only once the
+    /// side has ended, giving them back.
+    pub(crate) fn take_back_unread(self: &Arc<Self>, unread: Unread) -> Result<(), Unread> {
+        let then = {
+            let mut st = self.lock();
+            if st.end.is_some() || st.hung_up {
+                return Err(unread);
+            }
+            let Unread {
+                count,
+                entries,
+                out_of_line,
+            } = unread;
+            st.buffered += st.pending.push_entries(count, &entries);
+            st.accepted += count as u64;
+            if let Some((memfd, size)) = out_of_line {
+                st.buffered += st.pending.push(Encoded::OutOfLine { memfd, size });
+                st.accepted += 1;
+            }
+            self.after_push(&mut st, false, false)
+        };
+        self.then(then);
+        Ok(())
     }
 
     /// Decides who writes a freshly accepted item.

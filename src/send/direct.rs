@@ -12,9 +12,10 @@ use tokio::io::Interest;
 use super::item::{Encoded, Limits};
 use super::{Deadline, Fail};
 use crate::error::SendErrorKind;
+use crate::recv::Unread;
 use crate::sys::socket::{self, Direction};
 use crate::sys::Waitable;
-use crate::wire::datagram;
+use crate::wire::datagram::{self, Outgoing};
 
 pub(crate) struct Direct {
     /// `None` once closed: the descriptor is released so receivers can see the end.
@@ -106,6 +107,34 @@ impl Direct {
                 Err(e) => return Err(Fail::Failed(SendErrorKind::Io(e))),
             }
         }
+    }
+
+    /// Writes items a receiver of this process read and did not return back into the
+    /// channel, without waiting; returns how many could not be written.
+    pub(crate) fn give_back(&self, unread: Unread) -> usize {
+        let Ok(socket) = self.socket() else {
+            return unread.items();
+        };
+        let mut lost = 0;
+        if unread.count > 0 {
+            let out = Outgoing::Inline {
+                count: unread.count as u32,
+                entries: &unread.entries,
+            };
+            if datagram::send(socket.fd().as_fd(), out).is_err() {
+                lost += unread.count;
+            }
+        }
+        if let Some((memfd, size)) = &unread.out_of_line {
+            let out = Outgoing::OutOfLine {
+                size: *size,
+                memfd: memfd.as_fd(),
+            };
+            if datagram::send(socket.fd().as_fd(), out).is_err() {
+                lost += 1;
+            }
+        }
+        lost
     }
 
     fn failed(&self, e: io::Error) -> SendErrorKind {

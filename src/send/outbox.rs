@@ -88,6 +88,14 @@ impl Pending {
         cost
     }
 
+    /// Appends `count` entries given exactly as an inline datagram carries them; returns
+    /// their cost.
+    pub(crate) fn push_entries(&mut self, count: usize, entries: &[u8]) -> usize {
+        self.bytes.extend_from_slice(entries);
+        self.items += count;
+        entries.len()
+    }
+
     /// Moves everything in `other` to the end of this run.
     pub(crate) fn append(&mut self, other: &mut Pending) {
         self.bytes.extend_from_slice(&other.bytes);
