@@ -20,8 +20,9 @@ pub enum Error {
     /// pass.
     #[error("the handle is closed")]
     Closed,
-    /// The name to pass a handle under cannot be an environment variable's name.
-    #[error("`{name}` cannot name a passed handle: it must be non-empty and contain neither '=' nor NUL")]
+    /// The name to pass a handle under cannot be an environment variable's name, or the
+    /// command already sets that variable (another handle was passed under it).
+    #[error("`{name}` cannot name a passed handle: it must be non-empty, contain neither '=' nor NUL, and not be set on the command already")]
     InvalidName {
         /// The name given.
         name: String,

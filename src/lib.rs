@@ -61,9 +61,14 @@
 //! # Runtimes and synchronous code
 //!
 //! Handles are made and passed without a runtime. The async calls need a tokio runtime
-//! (current-thread or multi-thread) when they have to wait; outside one they return an
-//! `Io` error of kind `Unsupported`, never panic. Synchronous code uses the `blocking_*`
-//! methods, which wait with `poll(2)` on the calling thread and need no runtime.
+//! (current-thread or multi-thread, with IO and time enabled, as `#[tokio::main]` and
+//! `Builder::enable_all` do) when they have to wait; outside one they return an `Io` error
+//! of kind `Unsupported`, never panic. Synchronous code uses the `blocking_*` methods,
+//! which wait with `poll(2)` on the calling thread and need no runtime.
+//!
+//! A buffered sender's flush task runs on the runtime of the first send that needed it;
+//! if that runtime shuts down, the next send starts one on the runtime current then. Keep
+//! that runtime running while it has items to write (or `flush` / `drain` first).
 //!
 //! # Platform
 //!

@@ -13,15 +13,17 @@
 //! end of the channel.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{DecodeError, RecvError, RecvTimeoutError, TryRecvError};
 use crate::options::Options;
 use crate::report;
+use crate::send::buffered::LostHook;
 use crate::send::Deadline;
+use crate::sys::eventfd;
 use crate::sys::memfd::{self, MapError, Mapping};
-use crate::sys::socket::{self, Direction};
+use crate::sys::socket;
 use crate::sys::Waitable;
 use crate::wire::{self, Body, Entries};
 
@@ -41,6 +43,12 @@ pub(crate) struct Inbox {
     /// The settings the channel was made with (`max_item_bytes` bounds what is accepted).
     opts: Options,
     state: Mutex<InboxState>,
+    /// Readable exactly while the inbox holds a message (or the end): an eventfd that
+    /// threads blocked in `blocking_take` poll beside the socket, so that items another
+    /// handle left in the inbox wake them. Made by the first blocking wait.
+    holding: OnceLock<OwnedFd>,
+    /// Told how many items a rejected datagram carried (a queue corrects its counts).
+    on_lost: Mutex<Option<LostHook>>,
 }
 
 /// The datagram being taken apart.
@@ -55,6 +63,8 @@ struct InboxState {
     fds: Vec<OwnedFd>,
     /// The end of the channel was read: every receive from now on says so.
     closed: bool,
+    /// Whether `holding` is signalled now.
+    signalled: bool,
 }
 
 impl Inbox {
@@ -69,7 +79,28 @@ impl Inbox {
                 out_of_line: None,
                 fds: Vec::new(),
                 closed: false,
+                signalled: false,
             }),
+            holding: OnceLock::new(),
+            on_lost: Mutex::new(None),
+        }
+    }
+
+    /// Has `hook` told how many items each rejected datagram carried.
+    pub(crate) fn on_lost(&self, hook: LostHook) {
+        *self.on_lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Brings `holding` in line with the inbox (under the inbox lock).
+    fn sync_holding(&self, st: &mut InboxState) {
+        let Some(fd) = self.holding.get() else {
+            return;
+        };
+        let holds = st.out_of_line.is_some() || !st.entries.is_empty() || st.closed;
+        if holds && !st.signalled {
+            st.signalled = eventfd::add(fd.as_fd(), 1).is_ok();
+        } else if !holds && st.signalled {
+            st.signalled = eventfd::read(fd.as_fd()).is_err();
         }
     }
 
@@ -130,7 +161,12 @@ impl Inbox {
                 return Ok(());
             }
             let reactor = self.socket.reactor()?;
-            let mut guard = reactor.readable().await?;
+            let mut guard = match reactor.readable().await {
+                Ok(guard) => guard,
+                // Registered with a runtime that shut down: register with this one.
+                Err(_) if self.socket.renew(reactor) => continue,
+                Err(e) => return Err(RecvError::Io(e)),
+            };
             match guard.try_io(|_| self.read_datagram()) {
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Ok(Some(bad))) => return Err(RecvError::Decode(bad)),
@@ -163,12 +199,27 @@ impl Inbox {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(RecvTimeoutError::Io(e)),
             }
-            match socket::wait_ready(self.socket.fd().as_fd(), Direction::Read, deadline) {
+            let holding = self.holding_fd().map_err(RecvTimeoutError::Io)?;
+            let fds = [self.socket.fd().as_fd(), holding];
+            match socket::wait_any_readable(&fds, deadline) {
                 Ok(true) => {}
                 Ok(false) => return Err(RecvTimeoutError::Timeout),
                 Err(e) => return Err(RecvTimeoutError::Io(e)),
             }
         }
+    }
+
+    /// The `holding` eventfd, made (and brought in line with the inbox) on first use.
+    fn holding_fd(&self) -> io::Result<BorrowedFd<'_>> {
+        if self.holding.get().is_none() {
+            let fd = eventfd::create(0, false)?;
+            let mut st = self.lock();
+            if self.holding.set(fd).is_ok() {
+                st.signalled = false;
+                self.sync_holding(&mut st);
+            }
+        }
+        Ok(self.holding.get().expect("set above").as_fd())
     }
 
     /// Waits until a message (or the end) is ready to receive, consuming nothing.
@@ -177,11 +228,26 @@ impl Inbox {
             if self.has_buffered() {
                 return Ok(());
             }
-            let mut guard = self.socket.reactor()?.readable().await?;
-            if socket::has_input(self.socket.fd().as_fd()) {
-                return Ok(());
+            let reactor = self.socket.reactor()?;
+            let mut guard = match reactor.readable().await {
+                Ok(guard) => guard,
+                Err(_) if self.socket.renew(reactor) => continue,
+                Err(e) => return Err(e),
+            };
+            // Readiness is cleared only when the inbox and the socket are both empty,
+            // checked under the inbox lock (every socket read happens under it).
+            let checked = guard.try_io(|_| {
+                let st = self.lock();
+                let holds = st.out_of_line.is_some() || !st.entries.is_empty() || st.closed;
+                if holds || socket::has_input(self.socket.fd().as_fd()) {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+            });
+            if let Ok(result) = checked {
+                return result;
             }
-            guard.clear_ready();
         }
     }
 
@@ -194,6 +260,7 @@ impl Inbox {
             return Some(Ok(match take(map) {
                 Take::Consume(r) => {
                     st.out_of_line = None;
+                    self.sync_holding(st);
                     r
                 }
                 Take::Keep(r) => r,
@@ -204,6 +271,9 @@ impl Inbox {
             return Some(Ok(match take(&st.buf[range]) {
                 Take::Consume(r) => {
                     st.entries = after;
+                    if st.entries.is_empty() {
+                        self.sync_holding(st);
+                    }
                     r
                 }
                 Take::Keep(r) => r,
@@ -226,7 +296,12 @@ impl Inbox {
         let bad = self.accept(st, &got);
         if bad.is_some() {
             st.fds.clear(); // close whatever came with it
+            let lost = carried_items(&st.buf[..got.len]);
+            if let Some(hook) = &*self.on_lost.lock().unwrap_or_else(|e| e.into_inner()) {
+                hook(lost);
+            }
         }
+        self.sync_holding(st);
         Ok(bad)
     }
 
@@ -236,9 +311,11 @@ impl Inbox {
             return Some(DecodeError::TooLong(wire::MAX_DATAGRAM));
         }
         if got.len == 0 && st.fds.is_empty() {
-            // End-of-channel and an empty datagram both read as 0 bytes; the socket's
-            // hang-up flag tells them apart.
-            if socket::peer_hung_up(self.socket.fd().as_fd()) {
+            // End-of-channel and an empty datagram both read as 0 bytes. It is the end only
+            // if every peer hung up and nothing is queued behind it (an empty datagram
+            // written just before the last sender went is followed by more, or by the end).
+            let fd = self.socket.fd().as_fd();
+            if socket::peer_hung_up(fd) && !socket::has_queued_datagram(fd) {
                 st.closed = true;
                 return None;
             }
@@ -287,11 +364,25 @@ impl Inbox {
             .out_of_line
             .take()
             .map(|(fd, map)| (fd, map.len() as u64));
+        self.sync_holding(&mut st);
         Unread {
             count,
             entries,
             out_of_line,
         }
+    }
+}
+
+/// How many items a rejected datagram carried, as far as its header says (1 when it says
+/// nothing believable).
+fn carried_items(datagram: &[u8]) -> usize {
+    match datagram.get(..wire::HEADER_LEN) {
+        Some(h) if h[..2] == wire::MAGIC => {
+            let count = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+            // Never more than the datagram could hold.
+            count.clamp(1, datagram.len().max(1))
+        }
+        _ => 1,
     }
 }
 

@@ -9,6 +9,8 @@ pub(crate) fn warn(items: usize, message: &str) {
     if tracing::enabled!(target: "procq", tracing::Level::WARN) {
         tracing::warn!(target: "procq", items, "{message}");
     } else {
-        eprintln!("procq: warning: {message}");
+        // Not eprintln!: it panics when stderr is gone, and this runs in destructors.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "procq: warning: {message}");
     }
 }

@@ -15,7 +15,10 @@
 //! * every per-channel setting ([`Options`]), so the child rebuilds exactly the handle that
 //!   was passed (its buffer size may be overridden there: it bounds the child's memory);
 //! * `types`: the item type(s), as [`std::any::type_name`] spells them (percent-escaped);
-//!   `from_env` refuses a different type.
+//!   `from_env` refuses a different type. The name is a fingerprint, not a proof: two
+//!   types with the same path (two versions of one crate) pass, and `type_name`'s spelling
+//!   may change between compiler versions, so build parent and child with the same
+//!   toolchain.
 //!
 //! The descriptors are close-on-exec in the parent, so no other child (and no grandchild)
 //! inherits them; only the child spawned from this `Command` gets them, because the flag is
@@ -171,19 +174,31 @@ where
             name: name.to_string(),
         });
     }
+    let cmd = cmd.std_command();
+    if cmd.get_envs().any(|(k, v)| k == name && v.is_some()) {
+        return Err(Error::InvalidName {
+            name: name.to_string(),
+        });
+    }
     let Passed {
         kind,
         fds,
         opts,
         types,
     } = handle.into_passed()?;
-    let cmd = cmd.std_command();
+    // Every identity first: a failure must leave nothing registered with the command.
+    let identities = fds
+        .iter()
+        .map(|fd| {
+            fd.as_ref()
+                .map(|fd| inherit::identity(fd.as_fd()))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut described = Vec::with_capacity(fds.len());
-    for fd in fds {
-        described.push(match fd {
-            None => "-".to_string(),
-            Some(fd) => {
-                let id = inherit::identity(fd.as_fd())?;
+    for (fd, id) in fds.into_iter().zip(identities) {
+        described.push(match (fd, id) {
+            (Some(fd), Some(id)) => {
                 let number = inherit::inherit_in_child(cmd, fd);
                 let mut s = format!("{number}@{}.{}", id.dev, id.ino);
                 if let Some(e) = id.eventfd_id {
@@ -191,6 +206,7 @@ where
                 }
                 s
             }
+            _ => "-".to_string(),
         });
     }
     let types: Vec<String> = types.iter().map(|t| escape(t)).collect();

@@ -98,6 +98,15 @@ async fn play(role: &str) {
             if std::env::var("FLUSH").is_ok() {
                 tx.flush().await.unwrap();
             }
+            if std::env::var("CLOSE").is_ok() {
+                // Closed, not dropped: the handle lives on while the runtime is blocked.
+                tx.close();
+                report("dropped");
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                drop(tx);
+                return;
+            }
             drop(tx);
             report("dropped");
             let mut line = String::new();
@@ -446,13 +455,20 @@ async fn batch_items_travels_so_slow_workers_share_the_work() {
 
 // ----- 3. descriptor lifetime follows handles -----------------------------------------
 
-async fn dropped_sender_ends_the_channel_while_its_runtime_is_blocked(multi: bool, flush: bool) {
+async fn dropped_sender_ends_the_channel_while_its_runtime_is_blocked(
+    multi: bool,
+    flush: bool,
+    close: bool,
+) {
     let (tx, rx) = procq::channel::<u64>().unwrap();
     let mut cmd = child_command("drop-then-block");
     cmd.env(FLAVOR, if multi { "multi" } else { "current" })
         .stdin(std::process::Stdio::piped());
     if flush {
         cmd.env("FLUSH", "1");
+    }
+    if close {
+        cmd.env("CLOSE", "1");
     }
     procq::pass(&mut cmd, "CH", tx).unwrap();
     let mut kid = Kid::spawn(cmd);
@@ -476,7 +492,10 @@ async fn dropped_sender_ends_the_channel_while_its_runtime_is_blocked(multi: boo
 async fn a_dropped_sender_closes_its_descriptor_while_the_runtime_is_blocked() {
     for multi in [false, true] {
         for flush in [false, true] {
-            dropped_sender_ends_the_channel_while_its_runtime_is_blocked(multi, flush).await;
+            for close in [false, true] {
+                dropped_sender_ends_the_channel_while_its_runtime_is_blocked(multi, flush, close)
+                    .await;
+            }
         }
     }
 }
@@ -738,4 +757,168 @@ async fn a_batch_handed_back_while_the_queue_is_full_is_not_lost() {
     assert!(matches!(q.try_get(), Err(procq::TryRecvError::Empty)));
     drop(stdin);
     assert!(kid.exit_within(PATIENCE).await.success());
+}
+
+// ----- more edges ------------------------------------------------------------------------
+
+#[test]
+fn a_handle_outlives_the_runtime_that_first_used_it() {
+    let (tx, rx) = procq::channel::<u64>().unwrap();
+    for round in 0..3u64 {
+        // A fresh runtime each round: the flush task and the reactor registrations of the
+        // last one went with it.
+        let rt = common::runtime(round % 2 == 1);
+        rt.block_on(async {
+            assert!(rx
+                .recv_timeout(Duration::from_millis(10))
+                .await
+                .unwrap_err()
+                .is_timeout());
+            for i in 0..10_000 {
+                tx.send(round * 100_000 + i).await.unwrap();
+            }
+            for i in 0..10_000 {
+                assert_eq!(
+                    rx.recv_timeout(PATIENCE).await.unwrap(),
+                    round * 100_000 + i
+                );
+            }
+            tx.flush().await.unwrap();
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_pipe_releases_it_even_while_a_task_waits_on_closed() {
+    let (tx, rx) = procq::pipe::<u64>().unwrap();
+    let watcher = {
+        let tx = tx.clone();
+        tokio::spawn(async move { tx.closed().await })
+    };
+    tx.send(1).await.unwrap();
+    tx.close();
+    tokio::time::timeout(PATIENCE, watcher)
+        .await
+        .expect("closed() did not resolve on close")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rx.recv_timeout(PATIENCE).await.unwrap(), 1);
+    assert!(rx.recv_timeout(PATIENCE).await.unwrap_err().is_closed());
+}
+
+#[tokio::test]
+async fn closing_one_sink_leaves_its_clones_sending() {
+    let (tx, rx) = procq::channel::<u32>().unwrap();
+    let mut sink = tx.clone();
+    SinkExt::send(&mut sink, 1).await.unwrap();
+    SinkExt::close(&mut sink).await.unwrap();
+    let err = SinkExt::send(&mut sink, 2).await.unwrap_err();
+    assert!(matches!(err.kind(), SendErrorKind::Closed));
+    tx.send(3).await.unwrap();
+    drop((sink, tx));
+    assert_eq!(rx.recv().await.unwrap(), 1);
+    assert_eq!(rx.recv().await.unwrap(), 3);
+    assert!(rx.recv().await.unwrap_err().is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_joiners_all_wake_when_the_last_task_is_done() {
+    for _ in 0..20 {
+        let q = procq::JoinableQueue::<u32>::new().unwrap();
+        q.put(1).await.unwrap();
+        let joiners: Vec<_> = (0..4)
+            .map(|_| {
+                let q = q.clone();
+                tokio::spawn(async move { q.join_timeout(PATIENCE).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        q.get().await.unwrap();
+        q.task_done().unwrap();
+        for j in joiners {
+            j.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[test]
+fn blocked_threads_wake_for_items_another_thread_left_in_the_inbox() {
+    // Two items arrive in one datagram; one thread reads it and takes one; the other,
+    // already blocked in poll(2) on the now empty socket, must still get the second.
+    let (tx, rx) = procq::channel::<u64>().unwrap();
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let rx = rx.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let got = rx.blocking_recv_timeout(PATIENCE).unwrap();
+                barrier.wait();
+                got
+            })
+        })
+        .collect();
+    tx.blocking_send_timeout(0, PATIENCE).unwrap();
+    tx.blocking_send_timeout(1, PATIENCE).unwrap();
+    let mut got: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    got.sort();
+    assert_eq!(got, vec![0, 1]);
+}
+
+#[test]
+fn timed_blocking_puts_keep_the_queue_count_exact() {
+    // No runtime, nobody reading: puts succeed until the kernel and buffer are full, then
+    // time out; the queue's length counts exactly the puts that returned Ok.
+    let q = procq::Queue::<Vec<u8>>::new().unwrap();
+    let mut ok = 0usize;
+    loop {
+        match q.blocking_put_timeout(vec![7; 4000], Duration::from_millis(20)) {
+            Ok(()) => ok += 1,
+            Err(e) if e.is_timeout() => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(ok < 100_000, "never full");
+    }
+    assert_eq!(q.len(), ok);
+    let mut got = 0;
+    while q.blocking_get_timeout(Duration::from_millis(200)).is_ok() {
+        got += 1;
+    }
+    assert_eq!(got, ok);
+    assert_eq!(q.len(), 0);
+}
+
+#[test]
+fn blocking_join_waits_for_the_last_task_in_another_thread() {
+    let q = procq::JoinableQueue::<u32>::new().unwrap();
+    for i in 0..100 {
+        q.blocking_put(i).unwrap();
+    }
+    assert!(matches!(
+        q.blocking_join_timeout(Duration::from_millis(20)),
+        Err(procq::JoinTimeoutError::Timeout { unfinished: 100 })
+    ));
+    let worker = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                q.blocking_get().unwrap();
+                q.task_done().unwrap();
+            }
+        })
+    };
+    q.blocking_join().unwrap();
+    assert_eq!(q.unfinished(), 0);
+    worker.join().unwrap();
+}
+
+#[tokio::test]
+async fn passing_two_handles_under_one_name_is_refused() {
+    let (_tx, rx) = procq::channel::<u8>().unwrap();
+    let mut cmd = child_command("none");
+    procq::pass(&mut cmd, "CH", rx.clone()).unwrap();
+    assert!(matches!(
+        procq::pass(&mut cmd, "CH", rx),
+        Err(procq::Error::InvalidName { .. })
+    ));
 }

@@ -127,7 +127,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// [`RecvTimeoutError::Timeout`] after `timeout`; nothing is lost.
     pub fn blocking_recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.inbox
-            .blocking_take(&mut decode::<T>, Some(Instant::now() + timeout))?
+            .blocking_take(&mut decode::<T>, Instant::now().checked_add(timeout))?
             .map_err(RecvTimeoutError::Decode)
     }
 
@@ -217,6 +217,16 @@ impl<T> Receiver<T> {
             Err(RecvTimeoutError::Io(e)) => Err(RecvError::Io(e)),
             Err(RecvTimeoutError::Timeout) => unreachable!("no deadline"),
         }
+    }
+
+    /// [`blocking_recv_bytes`](Self::blocking_recv_bytes), giving up with
+    /// [`RecvTimeoutError::Timeout`] after `timeout`; nothing is lost.
+    pub fn blocking_recv_bytes_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RecvTimeoutError> {
+        self.inbox
+            .blocking_take(&mut bytes, Instant::now().checked_add(timeout))
     }
 
     /// Receives the next message's bytes into `buf`, returning their length. If `buf` is too

@@ -111,14 +111,15 @@ impl<T: Serialize> Sender<T> {
         }
     }
 
-    /// Sends an item from synchronous code, blocking the calling thread while there is no
-    /// room (the thread writes the buffer to the kernel itself meanwhile). Works with or
-    /// without a tokio runtime; do not call it from async code, where it would block a
-    /// runtime thread.
+    /// Sends an item from synchronous code: the calling thread writes what this process
+    /// buffered before (so its sends stay in order), then the item as a datagram of its own,
+    /// blocking while the kernel has no room. Works with or without a tokio runtime (it
+    /// waits with `poll(2)`); do not call it from async code, where it would block a runtime
+    /// thread.
     ///
-    /// Where no flush task runs in this process (no runtime), the item is in the kernel
-    /// when this returns, so a program may exit right after it. Where one runs, the item is
-    /// buffered, as with [`send`](Self::send).
+    /// When it returns `Ok` the item is in the kernel, so a program may exit right after
+    /// it. One system call per item; for a stream of small items from async code,
+    /// [`send`](Self::send) batches.
     pub fn blocking_send(&self, item: T) -> Result<(), SendError<T>> {
         match self.handle.blocking_send(&Item(&item), None) {
             Ok(()) => Ok(()),
@@ -127,7 +128,7 @@ impl<T: Serialize> Sender<T> {
     }
 
     /// [`blocking_send`](Self::blocking_send), giving up after `timeout`:
-    /// [`SendTimeoutError::Timeout`] with the item if it was not accepted by then.
+    /// [`SendTimeoutError::Timeout`] with the item, none of which was sent.
     pub fn blocking_send_timeout(
         &self,
         item: T,
@@ -135,7 +136,7 @@ impl<T: Serialize> Sender<T> {
     ) -> Result<(), SendTimeoutError<T>> {
         match self
             .handle
-            .blocking_send(&Item(&item), Some(Instant::now() + timeout))
+            .blocking_send(&Item(&item), Instant::now().checked_add(timeout))
         {
             Ok(()) => Ok(()),
             Err(fail) => Err(timeout_error(item, fail)),
@@ -209,7 +210,10 @@ impl<T> Sender<T> {
 
     /// [`blocking_flush`](Self::blocking_flush), giving up after `timeout`.
     pub fn blocking_flush_timeout(&self, timeout: Duration) -> Result<(), FlushTimeoutError> {
-        match self.handle.blocking_flush(Some(Instant::now() + timeout))? {
+        match self
+            .handle
+            .blocking_flush(Instant::now().checked_add(timeout))?
+        {
             true => Ok(()),
             false => Err(FlushTimeoutError::Timeout {
                 unwritten: self.handle.unwritten(),
@@ -219,7 +223,9 @@ impl<T> Sender<T> {
 
     /// Stops this process's sending side: every clone's later sends fail with `Closed`.
     /// Items already sent are still written; once they are, the descriptor is closed, and
-    /// once every process's senders are closed or gone, receivers see the end.
+    /// once every process's senders are closed or gone, receivers see the end. (The sending
+    /// half of a [`Duplex`](crate::Duplex) shares its socket with the receiving half: the
+    /// other end sees the end once every handle to this end is gone.)
     pub fn close(&self) {
         self.handle.close()
     }

@@ -4,7 +4,8 @@
 //! appends it (possibly taking the buffer over its limit by that one item), a direct
 //! sender writes it if the kernel has room and otherwise keeps it, encoded, until
 //! `poll_ready` / `poll_flush` finish writing it — so a full socket means waiting, never an
-//! error.
+//! error. `poll_close` flushes and retires this handle only (as dropping it would): its
+//! later sends fail with `Closed`, other clones go on.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -28,6 +29,8 @@ pub(crate) struct SinkState<T> {
     /// Buffered: waiting for room. Direct: writing the item `start_send` took.
     ready: Mutex<Option<BoxFuture<Result<(), Fail>>>>,
     flush: Mutex<Option<BoxFuture<Result<(), FlushError>>>>,
+    /// `poll_close` retired this handle.
+    closed: bool,
     _item: PhantomData<fn(T)>,
 }
 
@@ -36,6 +39,7 @@ impl<T> Default for SinkState<T> {
         SinkState {
             ready: Mutex::new(None),
             flush: Mutex::new(None),
+            closed: false,
             _item: PhantomData,
         }
     }
@@ -85,6 +89,9 @@ impl<T: Serialize> futures_sink::Sink<T> for Sender<T> {
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Self::Error> {
         let this = self.get_mut();
+        if this.sink.closed {
+            return Err(SendError::new(Some(item), SendErrorKind::Closed));
+        }
         match this.handle.engine() {
             Engine::Buffered(outbox) => match outbox.try_push(&Item(&item), false) {
                 Ok(_) => Ok(()),
@@ -126,14 +133,7 @@ impl<T: Serialize> futures_sink::Sink<T> for Sender<T> {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        ready!(this.poll_pending(cx))?;
-        if let Engine::Buffered(outbox) = this.handle.engine() {
-            outbox.close();
-        }
-        let result = ready!(Pin::new(&mut *this).poll_flush(cx));
-        if let Engine::Direct(direct) = this.handle.engine() {
-            direct.close();
-        }
-        Poll::Ready(result)
+        this.sink.closed = true;
+        Pin::new(&mut *this).poll_flush(cx)
     }
 }

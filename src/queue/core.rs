@@ -10,6 +10,7 @@ use crate::error::{Error, FromEnvError};
 use crate::options::Options;
 use crate::recv::Inbox;
 use crate::report;
+use crate::send::buffered::LostHook;
 use crate::send::{Engine, SendHandle};
 use crate::spawn::{Kind, Passed, Taken};
 use crate::sys::shared::SharedHeader;
@@ -20,9 +21,9 @@ use crate::sys::Waitable;
 pub(crate) struct Core {
     pub(crate) send: SendHandle,
     pub(crate) inbox: Arc<Inbox>,
-    pub(crate) header: SharedHeader,
+    pub(crate) header: Arc<SharedHeader>,
     /// Free slots of a bounded queue: `put` takes one, `get` gives one back.
-    pub(crate) slots: Option<Event>,
+    pub(crate) slots: Option<Arc<Event>>,
     /// A `JoinableQueue`'s "a task finished" signal, which `join` waits on.
     pub(crate) done: Option<Event>,
     /// Items this process got and has not yet called `task_done` for.
@@ -59,14 +60,30 @@ impl Core {
     ) -> Core {
         let send_socket = Arc::new(Waitable::new(send_end, crate::channel::SEND_INTEREST));
         let recv_socket = Arc::new(Waitable::new(recv_end, crate::channel::RECV_INTEREST));
-        Core {
+        let header = Arc::new(header);
+        let slots = slots.map(Arc::new);
+        let core = Core {
             send: SendHandle::new(send_socket, opts),
             inbox: Arc::new(Inbox::new(recv_socket, opts)),
-            header,
-            slots,
+            header: header.clone(),
+            slots: slots.clone(),
             done,
             got: AtomicU64::new(0),
+        };
+        // Items lost for good (reported by the outbox or the inbox) leave the queue: they
+        // no longer count in its length nor take a slot. They stay unfinished, as the tasks
+        // of a killed worker do, so `join_timeout` says how many.
+        let lost: LostHook = Arc::new(move |n| {
+            header.header().queued.fetch_sub(n as i64, Ordering::SeqCst);
+            if let Some(slots) = &slots {
+                let _ = slots.add(n as u64);
+            }
+        });
+        if let Engine::Buffered(outbox) = core.send.engine() {
+            outbox.on_lost(lost.clone());
         }
+        core.inbox.on_lost(lost);
+        core
     }
 
     /// Rebuilds a queue passed under `taken`'s name (`kind` says which descriptors).
@@ -110,7 +127,7 @@ impl Core {
             Some(send.fd().as_fd()),
             Some(self.inbox.socket().fd().as_fd()),
             Some(self.header.fd()),
-            self.slots.as_ref().map(Event::fd),
+            self.slots.as_deref().map(Event::fd),
             self.done.as_ref().map(Event::fd),
         ];
         let count = if kind == Kind::JoinableQueue { 5 } else { 4 };
@@ -197,6 +214,13 @@ impl Drop for Core {
             Engine::Direct(direct) => direct.give_back(unread),
         };
         if lost > 0 {
+            self.header
+                .header()
+                .queued
+                .fetch_sub(lost as i64, Ordering::SeqCst);
+            if let Some(slots) = &self.slots {
+                let _ = slots.add(lost as u64);
+            }
             report::warn(
                 lost,
                 &format!(

@@ -14,6 +14,9 @@ use crate::sys::Waitable;
 
 pub(crate) struct Event {
     fd: Waitable,
+    /// Wakes this process's other waiters whenever one of them clears the readiness of a
+    /// signal, so that none sleeps through the write that was cleared.
+    local: tokio::sync::Notify,
 }
 
 impl Event {
@@ -35,6 +38,7 @@ impl Event {
     pub(crate) fn adopt(fd: OwnedFd) -> Event {
         Event {
             fd: Waitable::new(fd, Interest::READABLE),
+            local: tokio::sync::Notify::new(),
         }
     }
 
@@ -63,7 +67,12 @@ impl Event {
             return Ok(());
         }
         loop {
-            let mut guard = self.fd.reactor()?.readable().await?;
+            let reactor = self.fd.reactor()?;
+            let mut guard = match reactor.readable().await {
+                Ok(guard) => guard,
+                Err(_) if self.fd.renew(reactor) => continue,
+                Err(e) => return Err(e),
+            };
             match guard.try_io(|_| eventfd::read(self.fd())) {
                 Ok(result) => return result.map(drop),
                 Err(_would_block) => continue,
@@ -84,16 +93,50 @@ impl Event {
     }
 
     /// Waits until `done()` holds, re-checking it after every signal. A signal's counter is
-    /// never read, so it stays readable; every write is still a fresh edge for the reactor,
-    /// and readiness is cleared only for the event already seen, so no write is missed.
-    /// Any number of tasks may wait at once: each event wakes them all.
+    /// never read, so it stays readable; every write is still a fresh edge for the reactor.
+    /// Any number of tasks may wait at once: the one that clears the readiness of a write
+    /// wakes the others here, so none sleeps through it.
     pub(crate) async fn wait_until(&self, mut done: impl FnMut() -> bool) -> io::Result<()> {
         loop {
+            let cleared_elsewhere = self.local.notified();
+            tokio::pin!(cleared_elsewhere);
+            cleared_elsewhere.as_mut().enable();
             if done() {
                 return Ok(());
             }
-            let mut guard = self.fd.reactor()?.readable().await?;
-            guard.clear_ready();
+            let reactor = self.fd.reactor()?;
+            tokio::select! {
+                ready = reactor.readable() => match ready {
+                    Ok(mut guard) => {
+                        guard.clear_ready();
+                        self.local.notify_waiters();
+                    }
+                    Err(_) if self.fd.renew(reactor) => {}
+                    Err(e) => return Err(e),
+                },
+                _ = &mut cleared_elsewhere => {}
+            }
+        }
+    }
+
+    /// [`wait_until`](Self::wait_until) from the calling thread, until `deadline`; `false`
+    /// then.
+    pub(crate) fn blocking_wait_until(
+        &self,
+        mut done: impl FnMut() -> bool,
+        deadline: Deadline,
+    ) -> io::Result<bool> {
+        // Level-triggered: a signal's counter stays readable, so poll(2) alone would spin.
+        // Read the counter (taking every pending signal) and re-check after each wake-up;
+        // other processes' waiters were woken by the same write's edge.
+        loop {
+            if done() {
+                return Ok(true);
+            }
+            if !wait_ready(self.fd(), Direction::Read, deadline)? {
+                return Ok(done());
+            }
+            let _ = eventfd::read(self.fd());
         }
     }
 }

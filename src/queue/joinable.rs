@@ -11,8 +11,8 @@ use super::core::Core;
 use super::Queue;
 use crate::channel::deadline_in_runtime;
 use crate::error::{
-    Error, FlushError, FromEnvError, JoinTimeoutError, RecvError, RecvTimeoutError, SendError,
-    SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
+    Error, FlushError, FlushTimeoutError, FromEnvError, JoinTimeoutError, RecvError,
+    RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
 };
 use crate::options::Options;
 use crate::spawn::{self, Kind, Passable, Passed};
@@ -130,6 +130,32 @@ impl<T> JoinableQueue<T> {
         }
     }
 
+    /// [`join`](Self::join) from synchronous code: blocks the calling thread (with
+    /// `poll(2)`, no runtime needed) until every task is done.
+    pub fn blocking_join(&self) -> std::io::Result<()> {
+        self.blocking_join_until(None).map(drop)
+    }
+
+    /// [`blocking_join`](Self::blocking_join), giving up after `timeout` with
+    /// [`JoinTimeoutError::Timeout`] and the number of tasks still unfinished.
+    pub fn blocking_join_timeout(&self, timeout: Duration) -> Result<(), JoinTimeoutError> {
+        match self.blocking_join_until(std::time::Instant::now().checked_add(timeout))? {
+            true => Ok(()),
+            false => Err(JoinTimeoutError::Timeout {
+                unfinished: self.unfinished(),
+            }),
+        }
+    }
+
+    fn blocking_join_until(&self, deadline: Option<std::time::Instant>) -> std::io::Result<bool> {
+        let core = self.core();
+        let done = core
+            .done
+            .as_ref()
+            .expect("a JoinableQueue has a done signal");
+        done.blocking_wait_until(|| core.unfinished() <= 0, deadline)
+    }
+
     /// [`Queue::len`].
     pub fn len(&self) -> usize {
         self.queue.len()
@@ -155,9 +181,19 @@ impl<T> JoinableQueue<T> {
         self.queue.flush().await
     }
 
+    /// [`Queue::flush_timeout`]. Cancel-safe.
+    pub async fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushTimeoutError> {
+        self.queue.flush_timeout(timeout).await
+    }
+
     /// [`Queue::blocking_flush`].
     pub fn blocking_flush(&self) -> Result<(), FlushError> {
         self.queue.blocking_flush()
+    }
+
+    /// [`Queue::blocking_flush_timeout`].
+    pub fn blocking_flush_timeout(&self, timeout: Duration) -> Result<(), FlushTimeoutError> {
+        self.queue.blocking_flush_timeout(timeout)
     }
 
     /// [`Queue::close`].

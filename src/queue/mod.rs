@@ -26,7 +26,8 @@ use crate::options::Options;
 ///   idle;
 /// * a consumer killed with SIGKILL loses the rest of its batch. (A consumer that stops
 ///   normally loses nothing: when its last handle to the queue is dropped, the unread
-///   items go back into the queue.)
+///   items go back into the queue through its own putting side — unless it closed that
+///   side, in which case they are reported as lost.)
 ///
 /// With `Queue::with_options(maxsize, &procq::queue_options())` each `get` takes exactly one
 /// item out of the kernel, as Python's `get` does: use it for worker pools whose items are

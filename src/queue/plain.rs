@@ -13,8 +13,8 @@ use super::core::{Core, PutGuard};
 use crate::channel::deadline_in_runtime;
 use crate::channel::sender::timeout_error;
 use crate::error::{
-    Error, FlushError, FromEnvError, RecvError, RecvTimeoutError, SendError, SendErrorKind,
-    SendTimeoutError, TryRecvError, TrySendError,
+    Error, FlushError, FlushTimeoutError, FromEnvError, RecvError, RecvTimeoutError, SendError,
+    SendErrorKind, SendTimeoutError, TryRecvError, TrySendError,
 };
 use crate::options::Options;
 use crate::recv::Take;
@@ -190,9 +190,10 @@ impl<T: Serialize> Queue<T> {
         }
     }
 
-    /// Puts an item from synchronous code, blocking the calling thread while the queue (or
-    /// this process's buffer) is full. Works with or without a runtime; where no flush task
-    /// runs, the item is in the kernel when this returns.
+    /// Puts an item from synchronous code, blocking the calling thread while the queue is
+    /// full (bounded) or the kernel has no room. Works with or without a runtime; the item
+    /// is in the kernel when this returns `Ok` (see
+    /// [`Sender::blocking_send`](crate::Sender::blocking_send)).
     pub fn blocking_put(&self, item: T) -> Result<(), SendError<T>> {
         match self.blocking_put_until(item, None) {
             Ok(()) => Ok(()),
@@ -207,7 +208,7 @@ impl<T: Serialize> Queue<T> {
         item: T,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError<T>> {
-        self.blocking_put_until(item, Some(Instant::now() + timeout))
+        self.blocking_put_until(item, Instant::now().checked_add(timeout))
     }
 
     fn blocking_put_until(
@@ -282,7 +283,7 @@ impl<T: DeserializeOwned> Queue<T> {
 
     /// [`blocking_get`](Self::blocking_get), giving up after `timeout`.
     pub fn blocking_get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.blocking_get_until(Some(Instant::now() + timeout))
+        self.blocking_get_until(Instant::now().checked_add(timeout))
     }
 
     fn blocking_get_until(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
@@ -357,9 +358,35 @@ impl<T> Queue<T> {
         self.core.send.flush().await
     }
 
-    /// [`flush`](Self::flush) from synchronous code.
+    /// [`flush`](Self::flush), giving up after `timeout` with
+    /// [`FlushTimeoutError::Timeout`] (the items keep flowing). Cancel-safe.
+    pub async fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushTimeoutError> {
+        let deadline = deadline_in_runtime(timeout).map_err(FlushError::Io)?;
+        match tokio::time::timeout_at(deadline, self.core.send.flush()).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(FlushTimeoutError::Timeout {
+                unwritten: self.core.send.unwritten(),
+            }),
+        }
+    }
+
+    /// [`flush`](Self::flush) from synchronous code: the calling thread writes.
     pub fn blocking_flush(&self) -> Result<(), FlushError> {
         self.core.send.blocking_flush(None).map(drop)
+    }
+
+    /// [`blocking_flush`](Self::blocking_flush), giving up after `timeout`.
+    pub fn blocking_flush_timeout(&self, timeout: Duration) -> Result<(), FlushTimeoutError> {
+        match self
+            .core
+            .send
+            .blocking_flush(Instant::now().checked_add(timeout))?
+        {
+            true => Ok(()),
+            false => Err(FlushTimeoutError::Timeout {
+                unwritten: self.core.send.unwritten(),
+            }),
+        }
     }
 
     /// Stops this process's puts; what was put still flows. Python's `close()`. Once every

@@ -111,6 +111,16 @@ pub(crate) struct Outbox {
     /// Wakes waiters on progress: room freed, items written, closed, ended.
     progress: Notify,
     limits: Limits,
+    /// Told how many items were lost for good (a queue corrects its counts).
+    on_lost: Mutex<Option<LostHook>>,
+}
+
+/// Called with the number of items lost for good.
+pub(crate) type LostHook = Arc<dyn Fn(usize) + Send + Sync>;
+
+thread_local! {
+    /// Where `try_push` encodes an item before taking the outbox's lock.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What one synchronous writing step achieved.
@@ -148,6 +158,7 @@ impl Outbox {
             wake: Notify::new(),
             progress: Notify::new(),
             limits,
+            on_lost: Mutex::new(None),
         })
     }
 
@@ -161,6 +172,11 @@ impl Outbox {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Has `hook` told of every item this outbox loses for good.
+    pub(crate) fn on_lost(&self, hook: LostHook) {
+        *self.on_lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     pub(crate) fn add_handle(&self) {
@@ -177,7 +193,9 @@ impl Outbox {
             st.handles == 0
         };
         if last {
-            self.write_now();
+            if !std::thread::panicking() {
+                self.write_now();
+            }
             self.wake.notify_one();
         }
     }
@@ -190,39 +208,51 @@ impl Outbox {
     // ----- accepting items ---------------------------------------------------------------
 
     /// Accepts `payload` if there is room (or if `respect_limit` is false), without
-    /// waiting. Inline items are encoded straight into the buffer; one that outgrows a
-    /// datagram is encoded into a sealed memfd, outside the lock. Returns the item's number
-    /// (for `blocking_send` to wait for).
+    /// waiting. The item is encoded outside the lock (so a `Serialize` that is slow, or
+    /// that sends on this very channel, stalls nobody), into a per-thread scratch buffer,
+    /// then copied in; one that outgrows a datagram is encoded into a sealed memfd. Returns
+    /// the item's number (for `blocking_send` to wait for).
     pub(crate) fn try_push<P: Payload>(
         self: &Arc<Self>,
         payload: &P,
         respect_limit: bool,
     ) -> Result<u64, Fail> {
-        let (seq, then) = {
-            let mut st = self.lock();
-            st.admit(respect_limit, self.limits.buffer_bytes)?;
-            let was_empty = st.pending.is_empty();
-            let appended = st
-                .pending
-                .append_with(|out| payload.append_entry(out, self.limits.inline_item));
-            match appended {
-                Ok(cost) => {
-                    st.buffered += cost;
-                    st.accepted += 1;
-                    (st.accepted, self.after_push(&mut st, was_empty, true))
-                }
-                Err(EntryFail::Encode(e)) => return Err(Fail::Failed(SendErrorKind::Encode(e))),
-                Err(EntryFail::TooLong) => {
-                    drop(st);
-                    let encoded = payload.encode(&self.limits).map_err(Fail::Failed)?;
-                    return self
-                        .push_encoded(encoded, respect_limit)
-                        .map_err(|(_, f)| f);
-                }
+        if respect_limit {
+            // Refuse early, before encoding, when there is clearly no room.
+            self.lock().admit(true, self.limits.buffer_bytes)?;
+        }
+        let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        scratch.clear();
+        let encoded = payload.append_entry(&mut scratch, self.limits.inline_item);
+        let result = match encoded {
+            Ok(_) => {
+                let (seq, then) = {
+                    let mut st = self.lock();
+                    match st.admit(respect_limit, self.limits.buffer_bytes) {
+                        Ok(()) => {
+                            let was_empty = st.pending.is_empty();
+                            st.buffered += st.pending.push_entries(1, &scratch);
+                            st.accepted += 1;
+                            let then = self.after_push(&mut st, was_empty, true);
+                            Ok((st.accepted, then))
+                        }
+                        Err(fail) => Err(fail),
+                    }
+                }?;
+                self.then(then);
+                Ok(seq)
             }
+            Err(EntryFail::Encode(e)) => Err(Fail::Failed(SendErrorKind::Encode(e))),
+            Err(EntryFail::TooLong) => match payload.encode(&self.limits) {
+                Ok(item) => self.push_encoded(item, respect_limit).map_err(|(_, f)| f),
+                Err(kind) => Err(Fail::Failed(kind)),
+            },
         };
-        self.then(then);
-        Ok(seq)
+        // Keep the buffer's allocation for this thread's next send (unless it grew large).
+        if scratch.capacity() <= 1 << 20 {
+            SCRATCH.with(|s| *s.borrow_mut() = scratch);
+        }
+        result
     }
 
     /// Accepts an encoded item if there is room; gives it back otherwise.
@@ -297,9 +327,7 @@ impl Outbox {
         match then {
             Then::Nothing => {}
             Then::Wake => self.wake.notify_one(),
-            Then::Spawn => {
-                tokio::spawn(flush_task(self.clone()));
-            }
+            Then::Spawn => spawn_task(self),
             Then::WriteThrough => {
                 self.write_now();
             }
@@ -342,11 +370,6 @@ impl Outbox {
         true
     }
 
-    /// Does a flush task run (or is one about to) for this outbox?
-    pub(crate) fn has_task(&self) -> bool {
-        self.lock().task != Task::Absent
-    }
-
     /// Could an append succeed now, or fail for good? False only while full.
     pub(crate) fn has_room(&self) -> bool {
         let st = self.lock();
@@ -356,8 +379,8 @@ impl Outbox {
     /// Waits until an append could succeed or could never succeed. Needs a flush task to
     /// make room, so it starts one if none runs.
     pub(crate) async fn room(self: &Arc<Self>) -> Result<(), io::Error> {
-        self.ensure_task()?;
         loop {
+            self.ensure_task()?;
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -385,7 +408,7 @@ impl Outbox {
             }
         };
         if spawn {
-            tokio::spawn(flush_task(self.clone()));
+            spawn_task(self);
         }
         Ok(())
     }
@@ -512,6 +535,8 @@ impl Outbox {
             let mut guard = match reactor.poll_write_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(guard)) => guard,
+                // Registered with a runtime that shut down: register with this one.
+                Poll::Ready(Err(_)) if socket.renew(reactor) => continue,
                 Poll::Ready(Err(e)) => {
                     let mut st = self.lock();
                     self.finish(&mut st, &mut w, End::Failed(e.kind(), e.to_string()));
@@ -527,15 +552,44 @@ impl Outbox {
         }
     }
 
+    /// Ready once every receiver is gone, for a simplex sending end (whose socket never
+    /// becomes readable otherwise: the hang-up is its only read readiness). Pending for a
+    /// duplex end, whose read readiness belongs to its receivers. Borrows the socket for one
+    /// poll at a time.
+    fn poll_hang_up(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let socket = match &self.lock_writer().socket {
+            Some(socket) if !socket.is_readable() => socket.clone(),
+            _ => return Poll::Pending,
+        };
+        let Ok(reactor) = socket.reactor() else {
+            return Poll::Pending;
+        };
+        loop {
+            match reactor.poll_read_ready(cx) {
+                Poll::Ready(Ok(guard)) if guard.ready().is_read_closed() => return Poll::Ready(()),
+                // Not a hang-up: clear it and poll again, which registers for the next.
+                Poll::Ready(Ok(mut guard)) => guard.clear_ready(),
+                Poll::Ready(Err(_)) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     // ----- flushing, closing, draining -------------------------------------------------
 
     /// Resolves when every item accepted before the call is in the kernel.
     pub(crate) async fn flush(self: &Arc<Self>) -> Result<(), FlushError> {
         let target = self.lock().accepted;
-        if self.lock().written < target {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(done) = self.lock().flushed(target) {
+                return done;
+            }
+            // (Again on every wake-up: the task may have gone with its runtime.)
             self.ensure_task().map_err(FlushError::Io)?;
+            notified.await;
         }
-        self.wait_for(|st| st.flushed(target)).await
     }
 
     /// `flush` by the calling thread: writes itself, waiting (blocking) while the socket is
@@ -567,22 +621,44 @@ impl Outbox {
         socket::wait_ready(socket.fd().as_fd(), Direction::Write, deadline).unwrap_or(true)
     }
 
-    /// Waits (blocking) for the item numbered `seq` to be written, writing itself.
-    pub(crate) fn blocking_wait_written(&self, seq: u64, deadline: Deadline) -> Result<(), Fail> {
+    /// Writes `item` as a datagram of its own from the calling thread, after everything
+    /// this process buffered before it (so one thread's sends stay in order), blocking while
+    /// the kernel has no room, until `deadline`. Nothing of the item is sent unless this
+    /// returns `Ok`.
+    pub(crate) fn blocking_send(&self, item: &Encoded, deadline: Deadline) -> Result<(), Fail> {
         loop {
+            if let Some(kind) = self.lock().refusal() {
+                return Err(Fail::Failed(kind));
+            }
             {
-                let st = self.lock();
-                if st.written >= seq {
-                    return Ok(());
-                }
-                if st.end.is_some() {
-                    // Accepted, then cut off: the item is among the undelivered.
-                    return Err(Fail::Failed(
-                        st.refusal().unwrap_or(SendErrorKind::Disconnected),
-                    ));
+                let mut w = self.lock_writer();
+                match self.write_locked(&mut w) {
+                    // Everything before it is written: now the item, under the same lock,
+                    // so no other write comes between.
+                    Ok(Progress::Idle) => {
+                        let Some(socket) = w.socket.clone() else {
+                            continue; // released meanwhile: the refusal says why
+                        };
+                        match datagram::send(socket.fd().as_fd(), item.datagram()) {
+                            Ok(()) => return Ok(()),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => {
+                                let end = if socket::is_disconnect(&e) {
+                                    End::Disconnected
+                                } else {
+                                    End::Failed(e.kind(), e.to_string())
+                                };
+                                let mut st = self.lock();
+                                self.finish(&mut st, &mut w, end);
+                                continue;
+                            }
+                        }
+                    }
+                    Ok(Progress::Ended) => continue,
+                    Ok(Progress::Blocked) | Err(_) => {}
                 }
             }
-            if self.write_now() == Progress::Blocked && !self.wait_writable(deadline) {
+            if !self.wait_writable(deadline) {
                 return Err(Fail::Timeout);
             }
         }
@@ -591,16 +667,12 @@ impl Outbox {
     /// Stops new sends from every handle in this process; what was accepted still flows,
     /// and the socket is released once it has.
     pub(crate) fn close(&self) {
-        let absent = {
-            let mut st = self.lock();
-            st.closed = true;
-            st.task == Task::Absent
-        };
+        self.lock().closed = true;
+        // Write what the socket takes now, and release the descriptor if nothing is left,
+        // whether or not a flush task's runtime runs again.
+        self.write_now();
         self.progress.notify_waiters();
         self.wake.notify_one();
-        if absent {
-            self.write_now();
-        }
     }
 
     /// Has this side been closed, drained or cut off from every receiver? Asks the kernel
@@ -635,12 +707,15 @@ impl Outbox {
             };
             let reactor = socket.reactor()?;
             tokio::select! {
-                ready = reactor.ready(Interest::PRIORITY) => {
-                    let _hung_up = ready?;
-                    self.lock().hung_up = true;
-                    self.progress.notify_waiters();
-                    return Ok(());
-                }
+                ready = reactor.ready(Interest::PRIORITY) => match ready {
+                    Ok(_hung_up) => {
+                        self.lock().hung_up = true;
+                        self.progress.notify_waiters();
+                        return Ok(());
+                    }
+                    Err(_) if socket.renew(reactor) => {}
+                    Err(e) => return Err(e),
+                },
                 _ = notified => {}
             }
         }
@@ -648,17 +723,19 @@ impl Outbox {
 
     /// Closes, flushes until `timeout`, then takes back everything not in the kernel.
     pub(crate) async fn drain(self: &Arc<Self>, timeout: Duration) -> (Pending, End) {
-        let deadline = tokio::time::Instant::now() + timeout;
         self.close();
-        if self.ensure_task().is_ok() {
-            let _ = tokio::time::timeout_at(deadline, self.wait_for(|st| st.end.clone())).await;
+        if let Ok(deadline) = crate::channel::deadline_in_runtime(timeout) {
+            if self.ensure_task().is_ok() {
+                let ended = self.wait_for(|st| st.end.clone());
+                let _ = tokio::time::timeout_at(deadline, ended).await;
+            }
         }
         self.take_back()
     }
 
     /// `drain` by the calling thread, blocking while it writes.
     pub(crate) fn blocking_drain(&self, timeout: Duration) -> (Pending, End) {
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = Instant::now().checked_add(timeout);
         self.close();
         loop {
             if self.lock().end.is_some() {
@@ -744,13 +821,13 @@ impl State {
         }
         if self.hung_up {
             return Some(Err(FlushError::Disconnected {
-                undelivered: self.undelivered.items() + self.pending.items(),
+                undelivered: (self.accepted - self.written) as usize,
             }));
         }
         match &self.end {
             None => None,
             Some(End::Disconnected) => Some(Err(FlushError::Disconnected {
-                undelivered: self.undelivered.items(),
+                undelivered: (self.accepted - self.written) as usize,
             })),
             Some(End::Failed(kind, msg)) => {
                 Some(Err(FlushError::Io(io::Error::new(*kind, msg.clone()))))
@@ -760,12 +837,20 @@ impl State {
     }
 }
 
-/// The flush task: writes whenever there is work and room, until the side ends.
-async fn flush_task(outbox: Arc<Outbox>) {
-    let mut guard = TaskGuard {
+/// Spawns the flush task on the current runtime. Its guard is made first and moved into
+/// the task, so that a task dropped without ever being polled (spawned while the runtime
+/// shuts down) still hands the work back.
+fn spawn_task(outbox: &Arc<Outbox>) {
+    let guard = TaskGuard {
         outbox: outbox.clone(),
         done: false,
     };
+    tokio::spawn(flush_task(guard));
+}
+
+/// The flush task: writes whenever there is work and room, until the side ends.
+async fn flush_task(mut guard: TaskGuard) {
+    let outbox = guard.outbox.clone();
     loop {
         let progress = tokio::select! {
             biased;
@@ -776,8 +861,9 @@ async fn flush_task(outbox: Arc<Outbox>) {
         if progress == Progress::Ended {
             break;
         }
-        // Idle: sleep until there is work. (Nothing here may hold the socket across the
-        // await: the last handle's drop must be able to close it while this task sleeps.)
+        // Idle: sleep until there is work, watching for every receiver going away so that
+        // the next send fails at once. (Nothing here holds the socket across the await: the
+        // last handle's drop must be able to close it while this task sleeps.)
         {
             let mut st = outbox.lock();
             if st.end.is_some() {
@@ -788,7 +874,17 @@ async fn flush_task(outbox: Arc<Outbox>) {
             }
             st.task = Task::Idle;
         }
-        outbox.wake.notified().await;
+        tokio::select! {
+            _ = outbox.wake.notified() => {}
+            () = poll_fn(|cx| outbox.poll_hang_up(cx)) => {
+                let mut w = outbox.lock_writer();
+                let mut st = outbox.lock();
+                if st.end.is_none() {
+                    outbox.finish(&mut st, &mut w, End::Disconnected);
+                }
+                break;
+            }
+        }
         let mut st = outbox.lock();
         if st.task == Task::Idle {
             st.task = Task::Busy;
@@ -812,6 +908,11 @@ impl Drop for TaskGuard {
         }
         let outbox = &self.outbox;
         outbox.lock().task = Task::Absent;
+        // Waiters in another runtime start a new task; waiters here see the end.
+        outbox.progress.notify_waiters();
+        if std::thread::panicking() {
+            return;
+        }
         outbox.write_now();
         let mut w = outbox.lock_writer();
         let mut st = outbox.lock();
@@ -859,6 +960,9 @@ impl Drop for Outbox {
                 lost,
                 &format!("{lost} items sent on a procq channel never reached a receiver: {why}"),
             );
+            if let Some(hook) = self.on_lost.get_mut().unwrap_or_else(|e| e.into_inner()) {
+                hook(lost);
+            }
         }
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct Direct {
     socket: Mutex<Option<Arc<Waitable>>>,
     limits: Limits,
     hung_up: AtomicBool,
+    /// Woken by `close`, so waits let go of the socket and it closes.
+    closing: tokio::sync::Notify,
 }
 
 impl Direct {
@@ -30,6 +32,7 @@ impl Direct {
             socket: Mutex::new(Some(socket)),
             limits,
             hung_up: AtomicBool::new(false),
+            closing: tokio::sync::Notify::new(),
         }
     }
 
@@ -67,21 +70,32 @@ impl Direct {
             Err(Fail::Full) => {}
             other => return other,
         }
+        let closing = self.closing.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
         let socket = self.socket().map_err(Fail::Failed)?;
-        let reactor = socket
-            .reactor()
-            .map_err(|e| Fail::Failed(SendErrorKind::Io(e)))?;
         let writing = async {
             loop {
-                let mut guard = reactor
-                    .writable()
-                    .await
+                let reactor = socket
+                    .reactor()
                     .map_err(|e| Fail::Failed(SendErrorKind::Io(e)))?;
+                let mut guard = match reactor.writable().await {
+                    Ok(guard) => guard,
+                    Err(_) if socket.renew(reactor) => continue,
+                    Err(e) => return Err(Fail::Failed(SendErrorKind::Io(e))),
+                };
                 match guard.try_io(|_| datagram::send(socket.fd().as_fd(), item.datagram())) {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(e)) => return Err(Fail::Failed(self.failed(e))),
                     Err(_would_block) => continue,
                 }
+            }
+        };
+        // A `close` meanwhile ends the wait (and lets go of the socket, so it closes).
+        let writing = async {
+            tokio::select! {
+                written = writing => written,
+                _ = &mut closing => Err(Fail::Failed(SendErrorKind::Closed)),
             }
         };
         match deadline {
@@ -149,6 +163,7 @@ impl Direct {
     /// Stops sending from every handle in this process and releases the descriptor.
     pub(crate) fn close(&self) {
         self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.closing.notify_waiters();
     }
 
     /// Closed here, or every receiver gone (asking the kernel).
@@ -167,11 +182,25 @@ impl Direct {
 
     /// Resolves once no receiver is left (or this side is closed).
     pub(crate) async fn closed(&self) -> io::Result<()> {
+        let closing = self.closing.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
         let Ok(socket) = self.socket() else {
             return Ok(());
         };
-        let _hung_up = socket.reactor()?.ready(Interest::PRIORITY).await?;
-        self.hung_up.store(true, Ordering::Relaxed);
-        Ok(())
+        loop {
+            let reactor = socket.reactor()?;
+            tokio::select! {
+                ready = reactor.ready(Interest::PRIORITY) => match ready {
+                    Ok(_hung_up) => {
+                        self.hung_up.store(true, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(_) if socket.renew(reactor) => continue,
+                    Err(e) => return Err(e),
+                },
+                _ = &mut closing => return Ok(()),
+            }
+        }
     }
 }

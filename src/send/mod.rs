@@ -181,8 +181,11 @@ impl SendHandle {
         }
     }
 
-    /// Sends from the calling thread, blocking while there is no room, until `deadline`.
-    /// Buffered: where no flush task runs, the item is in the kernel when this returns.
+    /// Sends from the calling thread: writes what this process buffered before, then this
+    /// item as a datagram of its own, blocking while the kernel has no room, until
+    /// `deadline`. The item is in the kernel when this returns `Ok`; on `Timeout` nothing
+    /// of it was sent. (It never enters the buffer, so nothing is left for a flush task to
+    /// do: this works the same with and without a runtime.)
     pub(crate) fn blocking_send<P: Payload>(
         &self,
         payload: &P,
@@ -190,34 +193,8 @@ impl SendHandle {
     ) -> Result<(), Fail> {
         match &self.engine {
             Engine::Buffered(outbox) => {
-                let mut item = None;
-                let seq = loop {
-                    let pushed = match item.take() {
-                        None => outbox.try_push(payload, true),
-                        Some(encoded) => outbox.push_encoded(encoded, true).map_err(|(back, f)| {
-                            item = Some(back);
-                            f
-                        }),
-                    };
-                    match pushed {
-                        Ok(seq) => break seq,
-                        Err(Fail::Full) => {}
-                        Err(other) => return Err(other),
-                    }
-                    if item.is_none() {
-                        item = Some(payload.encode(outbox.limits()).map_err(Fail::Failed)?);
-                    }
-                    // Make room by writing ourselves.
-                    match outbox.blocking_flush(deadline) {
-                        Ok(true) => {}
-                        Ok(false) => return Err(Fail::Timeout),
-                        Err(e) => return Err(Fail::Failed(flush_to_send(e))),
-                    }
-                };
-                if outbox.has_task() {
-                    return Ok(());
-                }
-                outbox.blocking_wait_written(seq, deadline)
+                let item = payload.encode(outbox.limits()).map_err(Fail::Failed)?;
+                outbox.blocking_send(&item, deadline)
             }
             Engine::Direct(direct) => {
                 let item = payload.encode(direct.limits()).map_err(Fail::Failed)?;

@@ -62,17 +62,6 @@ impl Pending {
         &self.bytes
     }
 
-    /// Appends an item encoded by `encode` straight into the buffer (which it must extend
-    /// by exactly one entry, or leave as it was and fail).
-    pub(crate) fn append_with<E>(
-        &mut self,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, E>,
-    ) -> Result<usize, E> {
-        let len = encode(&mut self.bytes)?;
-        self.items += 1;
-        Ok(ENTRY_PREFIX + len)
-    }
-
     /// Appends an encoded item; returns its cost.
     pub(crate) fn push(&mut self, item: Encoded) -> usize {
         let cost = item.cost();
@@ -217,11 +206,9 @@ mod tests {
         for r in records {
             match *r {
                 Ok(len) => {
-                    p.append_with(|out| {
-                        wire::encode::append_raw_entry(&vec![7u8; len], out);
-                        Ok::<_, ()>(len)
-                    })
-                    .unwrap();
+                    let mut entry = Vec::new();
+                    wire::encode::append_raw_entry(&vec![7u8; len], &mut entry);
+                    p.push_entries(1, &entry);
                 }
                 Err(size) => {
                     let memfd = memfd::create("t").unwrap();
@@ -296,14 +283,13 @@ mod tests {
     fn leftovers_decode_back_into_items() {
         let mut p = Pending::default();
         for i in 0..3u32 {
-            p.append_with(|out| wire::encode::append_entry(&i, out, 100))
-                .unwrap();
+            let mut entry = Vec::new();
+            wire::encode::append_entry(&i, &mut entry, 100).unwrap();
+            p.push_entries(1, &entry);
         }
-        p.append_with(|out| {
-            wire::encode::append_raw_entry(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff], out);
-            Ok::<_, ()>(6)
-        })
-        .unwrap();
+        let mut entry = Vec::new();
+        wire::encode::append_raw_entry(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &mut entry);
+        p.push_entries(1, &entry);
         let (items, bad) = p.decode_all::<u32>(1 << 20);
         assert_eq!(items, vec![0, 1, 2]);
         assert_eq!(bad, 1);

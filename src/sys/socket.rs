@@ -182,6 +182,46 @@ pub(crate) fn wait_ready(
     }
 }
 
+/// Blocks the calling thread until one of `fds` is readable (or hung up, or in error), or
+/// until `deadline`. Returns `false` on the deadline.
+pub(crate) fn wait_any_readable(
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    loop {
+        let timeout = match deadline {
+            None => None,
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                Some(Timespec {
+                    tv_sec: left.as_secs() as _,
+                    tv_nsec: left.subsec_nanos() as _,
+                })
+            }
+        };
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        match rustix::event::poll(&mut polled, timeout.as_ref()) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Is a datagram (even an empty one) queued on `fd`? Peeks without consuming.
+pub(crate) fn has_queued_datagram(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC;
+    matches!(rustix::net::recv(fd, &mut byte, flags), Ok((_, n)) if n > 0)
+}
+
 /// Duplicates `fd` (close-on-exec) at a number of 3 or more, so it can never land on a
 /// child's stdin, stdout or stderr.
 pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
