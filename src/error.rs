@@ -104,6 +104,15 @@ pub enum SendErrorKind {
         /// The configured limit.
         max: u64,
     },
+    /// The item carries more descriptors ([`Fd`](crate::Fd)s and handles) than one
+    /// message can.
+    #[error("item carries {count} descriptors, more than the {max} one message can")]
+    TooManyDescriptors {
+        /// Descriptors in the item.
+        count: usize,
+        /// The most one message carries.
+        max: usize,
+    },
     /// The operating system refused (creating an out-of-line memfd, writing, or waiting
     /// outside a tokio runtime).
     #[error(transparent)]

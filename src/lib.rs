@@ -89,6 +89,7 @@ mod channel;
 #[doc = include_str!("coming_from_python.md")]
 pub mod coming_from_python {}
 mod error;
+mod fd;
 mod options;
 mod queue;
 mod recv;
@@ -107,6 +108,7 @@ pub use error::{
     RecvIntoError, RecvTimeoutError, SendError, SendErrorKind, SendTimeoutError, TaskDoneError,
     TryRecvError, TrySendError,
 };
+pub use fd::Fd;
 pub use options::Options;
 pub use queue::{queue_options, JoinableQueue, Queue, SimpleQueue};
 pub use remote::{AuthError, RemoteError};
@@ -129,10 +131,10 @@ pub fn __fuzz_decode_stream(data: &[u8]) {
 /// Decodes one datagram as a receiver would: for fuzzing the decoder. Not part of the API.
 #[doc(hidden)]
 pub fn __fuzz_decode_datagram(datagram: &[u8]) {
-    if let Ok(wire::Body::Inline { count }) = wire::parse(datagram, u32::MAX as u64) {
+    if let Ok(wire::Body::Inline { count, .. }) = wire::parse(datagram, u32::MAX as u64) {
         let mut entries = wire::Entries::new(count);
-        while let Some(range) = entries.next_range(datagram) {
-            let _ = wire::decode::<(u64, String, Vec<u8>)>(&datagram[range]);
+        while let Some(entry) = entries.next_entry(datagram) {
+            let _ = wire::decode::<(u64, String, Vec<u8>)>(&datagram[entry.range], Vec::new());
         }
     }
 }

@@ -12,6 +12,7 @@
 //! empty: items a task leaves in the inbox are always seen by the others, and so is the
 //! end of the channel.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -35,8 +36,19 @@ pub(crate) enum Take<R> {
     Keep(R),
 }
 
-/// Something that looks at the next message's bytes.
-pub(crate) type Taker<'a, R> = &'a mut (dyn FnMut(&[u8]) -> Take<R> + Send);
+/// Something that looks at the next message's bytes and may take the descriptors its
+/// item carries (those it leaves are closed when it consumes the message, and kept with
+/// the message when it keeps it).
+pub(crate) type Taker<'a, R> = &'a mut (dyn FnMut(&[u8], &mut Vec<OwnedFd>) -> Take<R> + Send);
+
+/// An out-of-line item received and not yet taken.
+struct OutOfLine {
+    /// Kept so the item can be handed back.
+    memfd: OwnedFd,
+    map: Mapping,
+    /// The descriptors the item carries.
+    fds: Vec<OwnedFd>,
+}
 
 pub(crate) struct Inbox {
     socket: Arc<Waitable>,
@@ -57,10 +69,12 @@ struct InboxState {
     /// Bytes of the current datagram in `buf`.
     len: usize,
     entries: Entries,
-    /// An out-of-line item received and not yet taken: its memfd (kept so the item can be
-    /// handed back) and the mapping it is read through.
-    out_of_line: Option<(OwnedFd, Mapping)>,
-    fds: Vec<OwnedFd>,
+    /// An out-of-line item received and not yet taken.
+    out_of_line: Option<OutOfLine>,
+    /// The current datagram's item descriptors not yet handed out, in order.
+    fds: VecDeque<OwnedFd>,
+    /// Where `recvmsg` puts a datagram's descriptors.
+    received: Vec<OwnedFd>,
     /// The end of the channel was read: every receive from now on says so.
     closed: bool,
     /// Whether `holding` is signalled now.
@@ -77,7 +91,8 @@ impl Inbox {
                 len: 0,
                 entries: Entries::default(),
                 out_of_line: None,
-                fds: Vec::new(),
+                fds: VecDeque::new(),
+                received: Vec::new(),
                 closed: false,
                 signalled: false,
             }),
@@ -256,27 +271,38 @@ impl Inbox {
     fn take_buffered<R>(&self, take: Taker<'_, R>) -> Option<Result<R, RecvError>> {
         let mut st = self.lock();
         let st = &mut *st;
-        if let Some((_, map)) = &st.out_of_line {
-            return Some(Ok(match take(map) {
+        if let Some(ool) = &mut st.out_of_line {
+            let mut fds = std::mem::take(&mut ool.fds);
+            return Some(Ok(match take(&ool.map, &mut fds) {
                 Take::Consume(r) => {
-                    st.out_of_line = None;
+                    st.out_of_line = None; // closes what the taker left
                     self.sync_holding(st);
                     r
                 }
-                Take::Keep(r) => r,
+                Take::Keep(r) => {
+                    ool.fds = fds;
+                    r
+                }
             }));
         }
         let mut after = st.entries.clone();
-        if let Some(range) = after.next_range(&st.buf[..st.len]) {
-            return Some(Ok(match take(&st.buf[range]) {
+        if let Some(entry) = after.next_entry(&st.buf[..st.len]) {
+            let mut fds: Vec<OwnedFd> = st.fds.drain(..entry.fds.min(st.fds.len())).collect();
+            return Some(Ok(match take(&st.buf[entry.range], &mut fds) {
                 Take::Consume(r) => {
+                    drop(fds); // closes what the taker left
                     st.entries = after;
                     if st.entries.is_empty() {
                         self.sync_holding(st);
                     }
                     r
                 }
-                Take::Keep(r) => r,
+                Take::Keep(r) => {
+                    for fd in fds.into_iter().rev() {
+                        st.fds.push_front(fd);
+                    }
+                    r
+                }
             }));
         }
         st.closed.then_some(Err(RecvError::Closed))
@@ -291,11 +317,14 @@ impl Inbox {
         if !st.entries.is_empty() || st.out_of_line.is_some() || st.closed {
             return Ok(None); // another handle got here first
         }
+        st.received.clear();
         st.fds.clear();
-        let got = socket::recv_datagram(self.socket.fd().as_fd(), &mut st.buf, &mut st.fds)?;
+        let got = socket::recv_datagram(self.socket.fd().as_fd(), &mut st.buf, &mut st.received)?;
         let bad = self.accept(st, &got);
         if bad.is_some() {
-            st.fds.clear(); // close whatever came with it
+            // Close whatever came with it.
+            st.received.clear();
+            st.fds.clear();
             let lost = carried_items(&st.buf[..got.len]);
             if let Some(hook) = &*self.on_lost.lock().unwrap_or_else(|e| e.into_inner()) {
                 hook(lost);
@@ -310,7 +339,7 @@ impl Inbox {
         if got.truncated {
             return Some(DecodeError::TooLong(wire::MAX_DATAGRAM));
         }
-        if got.len == 0 && st.fds.is_empty() {
+        if got.len == 0 && st.received.is_empty() {
             // End-of-channel and an empty datagram both read as 0 bytes. It is the end only
             // if every peer hung up and nothing is queued behind it (an empty datagram
             // written just before the last sender went is followed by more, or by the end).
@@ -325,23 +354,26 @@ impl Inbox {
             Ok(body) => body,
             Err(e) => return Some(e),
         };
+        if st.received.len() != body.descriptors() || got.control_truncated {
+            return Some(DecodeError::Descriptor);
+        }
         match body {
-            Body::Inline { count } => {
-                if !st.fds.is_empty() || got.control_truncated {
-                    return Some(DecodeError::Descriptor);
-                }
+            Body::Inline { count, .. } => {
+                st.fds = st.received.drain(..).collect();
                 st.entries = Entries::new(count);
                 st.len = got.len;
                 None
             }
-            Body::OutOfLine { size } => {
-                if st.fds.len() != 1 || got.control_truncated {
-                    return Some(DecodeError::Descriptor);
-                }
-                let fd = st.fds.pop().expect("one descriptor");
-                match memfd::map_sealed(&fd, size) {
+            Body::OutOfLine { size, .. } => {
+                let mut received = std::mem::take(&mut st.received).into_iter();
+                let memfd = received.next().expect("counted above");
+                match memfd::map_sealed(&memfd, size) {
                     Ok(map) => {
-                        st.out_of_line = Some((fd, map));
+                        st.out_of_line = Some(OutOfLine {
+                            memfd,
+                            map,
+                            fds: received.collect(),
+                        });
                         None
                     }
                     Err(MapError::Io(e)) => Some(DecodeError::Map(e.kind())),
@@ -357,17 +389,22 @@ impl Inbox {
     pub(crate) fn take_unread(&self) -> Unread {
         let mut st = self.lock();
         let count = st.entries.len();
-        let entries = st.buf[st.entries.position()..st.len].to_vec();
-        let entries = if count > 0 { entries } else { Vec::new() };
+        let entries = if count > 0 {
+            st.buf[st.entries.position()..st.len].to_vec()
+        } else {
+            Vec::new()
+        };
         st.entries = Entries::default();
+        let fds = st.fds.drain(..).collect();
         let out_of_line = st
             .out_of_line
             .take()
-            .map(|(fd, map)| (fd, map.len() as u64));
+            .map(|ool| (ool.memfd, ool.map.len() as u64, ool.fds));
         self.sync_holding(&mut st);
         Unread {
             count,
             entries,
+            fds,
             out_of_line,
         }
     }
@@ -392,8 +429,10 @@ pub(crate) struct Unread {
     pub(crate) count: usize,
     /// Entries exactly as an inline datagram carries them.
     pub(crate) entries: Vec<u8>,
-    /// An out-of-line item: its sealed memfd and size.
-    pub(crate) out_of_line: Option<(OwnedFd, u64)>,
+    /// The descriptors the entries' items carry, in order.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// An out-of-line item: its sealed memfd, size, and the descriptors it carries.
+    pub(crate) out_of_line: Option<(OwnedFd, u64, Vec<OwnedFd>)>,
 }
 
 impl Unread {

@@ -14,7 +14,8 @@ import os, socket, struct
 fields = dict(f.split("=", 1) for f in os.environ["CH"].split(";")[1:])
 fd = int(fields["fds"].split("@")[0])
 s = socket.socket(fileno=fd)
-def hdr(kind, count): return b"PQ" + bytes([1, kind]) + struct.pack("<I", count)
+def hdr(kind, count): return b"PQ" + bytes([2, kind]) + struct.pack("<I", count)
+def ool(size, fds=0): return struct.pack("<QH", size, fds)
 def frame(b): return struct.pack("<I", len(b)) + b
 r, w = os.pipe()
 loose = os.memfd_create("unsealed")
@@ -31,14 +32,16 @@ cases = [
     (hdr(0, 2) + frame(b"\x05"), []),                   # two items claimed, one present
     (hdr(0, 1) + frame(b"\x05")[:3], []),               # truncated frame prefix
     (hdr(0, 4000000000) + frame(b"\x05"), []),          # count claiming 4 billion items
-    (hdr(1, 1) + struct.pack("<Q", 1 << 40), [r]),      # out-of-line item of 1 TiB
-    (hdr(1, 1) + struct.pack("<Q", 5), [r]),            # bogus descriptor: a pipe
-    (hdr(1, 1) + struct.pack("<Q", 5), [loose]),        # memfd without seals
-    (hdr(1, 1) + struct.pack("<Q", 5), []),             # descriptor missing
+    (hdr(1, 1) + ool(1 << 40), [r]),      # out-of-line item of 1 TiB
+    (hdr(1, 1) + ool(5), [r]),                    # bogus descriptor: a pipe
+    (hdr(1, 1) + ool(5), [loose]),        # memfd without seals
+    (hdr(1, 1) + ool(5), []),                    # descriptor missing
     (hdr(0, 1) + frame(b"\x05"), [r, w]),               # descriptors where none belong
     (hdr(9, 1), []),                                    # unknown kind
     (b"PQ\x07\x00\x01\x00\x00\x00", []),                # unknown version
+    (hdr(0, 1) + struct.pack("<IH", 0x80000001, 2) + b"\x05", [r]),  # claims 2 descriptors, carries 1
     (hdr(0, 2) + frame(b"\xff" * 12) + frame(b"\x07"), []),  # bad item, then 7
+    (hdr(0, 1) + struct.pack("<IH", 0x80000001, 1) + b"\x05", [w]),  # 5 with a descriptor it never names
     (b"", []),                                          # empty datagram
 ]
 if oversize:
@@ -98,6 +101,7 @@ async fn garbage_datagrams_cost_only_themselves() {
         Descriptor,
         Kind(9),
         Version(7),
+        Descriptor,
     ];
     // The bad item's error (its datagram's good item 7 follows), then the empty datagram.
     assert_eq!(
@@ -112,7 +116,9 @@ async fn garbage_datagrams_cost_only_themselves() {
         expected.push(TooLong(256 * 1024));
     }
     assert_eq!(errors, expected);
-    assert_eq!(items, vec![7, 42]);
+    // The 5 came with a descriptor it does not name: the item arrives, the descriptor is
+    // closed (counted below).
+    assert_eq!(items, vec![7, 5, 42]);
     assert!(kid.exit_within(Duration::from_secs(30)).await.success());
     drop(rx);
     drop(kid); // its stdout pipe

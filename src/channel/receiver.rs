@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -51,11 +52,15 @@ pub struct Receiver<T> {
     _item: PhantomData<fn() -> T>,
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Take<Result<T, DecodeError>> {
-    Take::Consume(wire::decode(bytes))
+fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Take<Result<T, DecodeError>> {
+    Take::Consume(wire::decode(bytes, std::mem::take(fds)))
 }
 
-fn bytes(b: &[u8]) -> Take<Vec<u8>> {
+/// A raw message's bytes (descriptors, which raw messages never carry, are closed).
+fn bytes(b: &[u8], _fds: &mut Vec<OwnedFd>) -> Take<Vec<u8>> {
     Take::Consume(b.to_vec())
 }
 
@@ -235,7 +240,7 @@ impl<T> Receiver<T> {
     /// `Connection.recv_bytes_into()`. Cancel-safe; for a deadline, wrap it in
     /// `tokio::time::timeout` (a timeout consumes nothing).
     pub async fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {
-        let mut take = |b: &[u8]| {
+        let mut take = |b: &[u8], _fds: &mut Vec<OwnedFd>| {
             if b.len() > buf.len() {
                 Take::Keep(Err(RecvIntoError::BufferTooSmall { needed: b.len() }))
             } else {

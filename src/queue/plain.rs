@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,8 +61,11 @@ pub struct Queue<T> {
     _item: PhantomData<fn(T) -> T>,
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Take<Result<T, crate::error::DecodeError>> {
-    Take::Consume(wire::decode(bytes))
+fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Take<Result<T, crate::error::DecodeError>> {
+    Take::Consume(wire::decode(bytes, std::mem::take(fds)))
 }
 
 impl<T> Queue<T> {

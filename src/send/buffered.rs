@@ -100,6 +100,8 @@ struct Writer {
     batch: Pending,
     /// Bytes of `batch` already written.
     pos: usize,
+    /// Descriptors of `batch` already written (still open until the batch is done).
+    fd_pos: usize,
 }
 
 pub(crate) struct Outbox {
@@ -154,6 +156,7 @@ impl Outbox {
                 socket: Some(socket),
                 batch: Pending::default(),
                 pos: 0,
+                fd_pos: 0,
             }),
             wake: Notify::new(),
             progress: Notify::new(),
@@ -225,13 +228,13 @@ impl Outbox {
         scratch.clear();
         let encoded = payload.append_entry(&mut scratch, self.limits.inline_item);
         let result = match encoded {
-            Ok(_) => {
+            Ok(fds) => {
                 let (seq, then) = {
                     let mut st = self.lock();
                     match st.admit(respect_limit, self.limits.buffer_bytes) {
                         Ok(()) => {
                             let was_empty = st.pending.is_empty();
-                            st.buffered += st.pending.push_entries(1, &scratch);
+                            st.buffered += st.pending.push_entries(1, &scratch, fds);
                             st.accepted += 1;
                             let then = self.after_push(&mut st, was_empty, true);
                             Ok((st.accepted, then))
@@ -243,6 +246,12 @@ impl Outbox {
                 Ok(seq)
             }
             Err(EntryFail::Encode(e)) => Err(Fail::Failed(SendErrorKind::Encode(e))),
+            Err(EntryFail::TooManyFds(count)) => {
+                Err(Fail::Failed(SendErrorKind::TooManyDescriptors {
+                    count,
+                    max: crate::wire::MAX_FDS,
+                }))
+            }
             Err(EntryFail::TooLong) => match payload.encode(&self.limits) {
                 Ok(item) => self.push_encoded(item, respect_limit).map_err(|(_, f)| f),
                 Err(kind) => Err(Fail::Failed(kind)),
@@ -267,7 +276,7 @@ impl Outbox {
                 return Err((item, fail));
             }
             let was_empty = st.pending.is_empty();
-            let inline = matches!(item, Encoded::Inline(_));
+            let inline = matches!(item, Encoded::Inline { .. });
             st.buffered += st.pending.push(item);
             st.accepted += 1;
             (st.accepted, self.after_push(&mut st, was_empty, inline))
@@ -290,12 +299,13 @@ impl Outbox {
             let Unread {
                 count,
                 entries,
+                fds,
                 out_of_line,
             } = unread;
-            st.buffered += st.pending.push_entries(count, &entries);
+            st.buffered += st.pending.push_entries(count, &entries, fds);
             st.accepted += count as u64;
-            if let Some((memfd, size)) = out_of_line {
-                st.buffered += st.pending.push(Encoded::OutOfLine { memfd, size });
+            if let Some((memfd, size, fds)) = out_of_line {
+                st.buffered += st.pending.push_handed_back(memfd, size, fds);
                 st.accepted += 1;
             }
             self.after_push(&mut st, false, false)
@@ -359,6 +369,7 @@ impl Outbox {
         let out = Outgoing::Inline {
             count: 1,
             entries: st.pending.bytes(),
+            fds: st.pending.fds(),
         };
         if datagram::send(socket.fd().as_fd(), out).is_err() {
             // Full or failing: the flush task waits for room or records the failure.
@@ -431,6 +442,7 @@ impl Outbox {
             if w.pos >= w.batch.bytes().len() {
                 w.batch.clear();
                 w.pos = 0;
+                w.fd_pos = 0;
                 let mut st = self.lock();
                 if st.end.is_some() {
                     return Ok(Progress::Ended);
@@ -453,18 +465,17 @@ impl Outbox {
                 self.limits.body_bytes,
                 self.limits.batch_items,
             );
+            let fds = &w.batch.fds()[w.fd_pos..w.fd_pos + plan.fds];
             let out = match plan.out_of_line {
                 None => Outgoing::Inline {
                     count: plan.items as u32,
                     entries: &w.batch.bytes()[w.pos..plan.end],
+                    fds,
                 },
                 Some(size) => Outgoing::OutOfLine {
                     size,
-                    memfd: w
-                        .batch
-                        .front_memfd()
-                        .expect("a memfd waits with its record")
-                        .as_fd(),
+                    memfd: fds[0].as_fd(),
+                    fds: &fds[1..],
                 },
             };
             match datagram::send(socket.fd().as_fd(), out) {
@@ -481,10 +492,8 @@ impl Outbox {
                     return Ok(Progress::Ended);
                 }
             }
-            if plan.out_of_line.is_some() {
-                w.batch.pop_memfd();
-            }
             w.pos = plan.end;
+            w.fd_pos += plan.fds;
             {
                 let mut st = self.lock();
                 st.buffered -= plan.cost.min(st.buffered);
@@ -498,8 +507,9 @@ impl Outbox {
     /// all written), the socket is released (closing it, unless a child is being handed a
     /// duplicate or a duplex receiver shares it), and everyone waiting is woken.
     fn finish(&self, st: &mut State, w: &mut Writer, end: End) {
-        let mut rest = w.batch.split_from(w.pos);
+        let mut rest = w.batch.split_from(w.pos, w.fd_pos);
         w.pos = 0;
+        w.fd_pos = 0;
         rest.append(&mut st.pending);
         st.undelivered.append(&mut rest);
         st.buffered = 0;
@@ -943,8 +953,8 @@ impl Drop for TaskGuard {
 impl Drop for Outbox {
     fn drop(&mut self) {
         let w = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
-        let pos = w.pos;
-        let rest = w.batch.split_from(pos).items();
+        let (pos, fd_pos) = (w.pos, w.fd_pos);
+        let rest = w.batch.split_from(pos, fd_pos).items();
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         let lost = st.undelivered.items() + st.pending.items() + rest;
         if lost > 0 {

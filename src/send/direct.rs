@@ -134,15 +134,17 @@ impl Direct {
             let out = Outgoing::Inline {
                 count: unread.count as u32,
                 entries: &unread.entries,
+                fds: &unread.fds,
             };
             if datagram::send(socket.fd().as_fd(), out).is_err() {
                 lost += unread.count;
             }
         }
-        if let Some((memfd, size)) = &unread.out_of_line {
+        if let Some((memfd, size, fds)) = &unread.out_of_line {
             let out = Outgoing::OutOfLine {
                 size: *size,
                 memfd: memfd.as_fd(),
+                fds,
             };
             if datagram::send(socket.fd().as_fd(), out).is_err() {
                 lost += 1;

@@ -35,19 +35,30 @@ impl Limits {
             buffer_bytes: opts.buffer_bytes,
             batch_items: opts.batch_items,
             body_bytes,
-            inline_item: body_bytes - wire::ENTRY_PREFIX,
+            inline_item: body_bytes - wire::MAX_ENTRY_HEADER,
             max_item: opts.max_item_bytes,
         }
     }
 }
 
-/// One encoded item.
+/// One encoded item, and the descriptors it carries (duplicates, owned until written).
 #[derive(Debug)]
 pub(crate) enum Encoded {
-    /// An entry: length prefix and bytes.
-    Inline(Vec<u8>),
+    /// An entry: its header and bytes.
+    Inline { entry: Vec<u8>, fds: Vec<OwnedFd> },
     /// The bytes are in a sealed memfd.
-    OutOfLine { memfd: OwnedFd, size: u64 },
+    OutOfLine {
+        memfd: OwnedFd,
+        size: u64,
+        fds: Vec<OwnedFd>,
+    },
+}
+
+fn too_many(count: usize) -> SendErrorKind {
+    SendErrorKind::TooManyDescriptors {
+        count,
+        max: wire::MAX_FDS,
+    }
 }
 
 impl Encoded {
@@ -56,10 +67,11 @@ impl Encoded {
         item: &T,
         limits: &Limits,
     ) -> Result<Encoded, SendErrorKind> {
-        let mut bytes = Vec::new();
-        match encode::append_entry(item, &mut bytes, limits.inline_item) {
-            Ok(_) => Ok(Encoded::Inline(bytes)),
+        let mut entry = Vec::new();
+        match encode::append_entry(item, &mut entry, limits.inline_item) {
+            Ok(fds) => Ok(Encoded::Inline { entry, fds }),
             Err(encode::EntryFail::Encode(e)) => Err(SendErrorKind::Encode(e)),
+            Err(encode::EntryFail::TooManyFds(n)) => Err(too_many(n)),
             Err(encode::EntryFail::TooLong) => Self::out_of_line(item, limits.max_item),
         }
     }
@@ -69,7 +81,10 @@ impl Encoded {
         if bytes.len() <= limits.inline_item {
             let mut entry = Vec::with_capacity(wire::ENTRY_PREFIX + bytes.len());
             encode::append_raw_entry(bytes, &mut entry);
-            return Ok(Encoded::Inline(entry));
+            return Ok(Encoded::Inline {
+                entry,
+                fds: Vec::new(),
+            });
         }
         let size = bytes.len() as u64;
         if size > limits.max_item {
@@ -82,7 +97,11 @@ impl Encoded {
         std::io::Write::write_all(&mut file, bytes).map_err(SendErrorKind::Io)?;
         let fd = OwnedFd::from(file);
         memfd::seal_item(&fd).map_err(SendErrorKind::Io)?;
-        Ok(Encoded::OutOfLine { memfd: fd, size })
+        Ok(Encoded::OutOfLine {
+            memfd: fd,
+            size,
+            fds: Vec::new(),
+        })
     }
 
     /// Encodes `item` straight into a new sealed memfd.
@@ -91,20 +110,25 @@ impl Encoded {
         max: u64,
     ) -> Result<Encoded, SendErrorKind> {
         let file = std::fs::File::from(memfd::create("procq-item").map_err(SendErrorKind::Io)?);
-        let size = encode::into_file(item, &file, max).map_err(|e| match e {
+        let (size, fds) = encode::into_file(item, &file, max).map_err(|e| match e {
             encode::FileFail::TooLarge { size } => SendErrorKind::TooLarge { size, max },
             encode::FileFail::Encode(e) => SendErrorKind::Encode(e),
             encode::FileFail::Io(e) => SendErrorKind::Io(e),
+            encode::FileFail::TooManyFds(n) => too_many(n),
         })?;
         let fd = OwnedFd::from(file);
         memfd::seal_item(&fd).map_err(SendErrorKind::Io)?;
-        Ok(Encoded::OutOfLine { memfd: fd, size })
+        Ok(Encoded::OutOfLine {
+            memfd: fd,
+            size,
+            fds,
+        })
     }
 
     /// Bytes this item holds (what it counts against a buffer limit).
     pub(crate) fn cost(&self) -> usize {
         match self {
-            Encoded::Inline(b) => b.len(),
+            Encoded::Inline { entry, .. } => entry.len(),
             Encoded::OutOfLine { size, .. } => usize::try_from(*size).unwrap_or(usize::MAX),
         }
     }
@@ -112,13 +136,15 @@ impl Encoded {
     /// This item as a datagram of its own.
     pub(crate) fn datagram(&self) -> Outgoing<'_> {
         match self {
-            Encoded::Inline(entry) => Outgoing::Inline {
+            Encoded::Inline { entry, fds } => Outgoing::Inline {
                 count: 1,
                 entries: entry,
+                fds,
             },
-            Encoded::OutOfLine { memfd, size } => Outgoing::OutOfLine {
+            Encoded::OutOfLine { memfd, size, fds } => Outgoing::OutOfLine {
                 size: *size,
                 memfd: memfd.as_fd(),
+                fds,
             },
         }
     }

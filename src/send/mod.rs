@@ -9,7 +9,7 @@ pub(crate) mod item;
 pub(crate) mod outbox;
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,7 @@ pub(crate) enum Fail {
 pub(crate) trait Payload {
     /// Appends one entry to `out` if the encoding fits `limit` bytes; leaves `out` as it
     /// was otherwise.
-    fn append_entry(&self, out: &mut Vec<u8>, limit: usize) -> Result<usize, EntryFail>;
+    fn append_entry(&self, out: &mut Vec<u8>, limit: usize) -> Result<Vec<OwnedFd>, EntryFail>;
     /// Encodes into an item of its own (out of line if it is large).
     fn encode(&self, limits: &Limits) -> Result<Encoded, SendErrorKind>;
 }
@@ -51,7 +51,7 @@ pub(crate) trait Payload {
 pub(crate) struct Item<'a, T: ?Sized>(pub(crate) &'a T);
 
 impl<T: Serialize + ?Sized> Payload for Item<'_, T> {
-    fn append_entry(&self, out: &mut Vec<u8>, limit: usize) -> Result<usize, EntryFail> {
+    fn append_entry(&self, out: &mut Vec<u8>, limit: usize) -> Result<Vec<OwnedFd>, EntryFail> {
         encode::append_entry(self.0, out, limit)
     }
     fn encode(&self, limits: &Limits) -> Result<Encoded, SendErrorKind> {
@@ -63,12 +63,12 @@ impl<T: Serialize + ?Sized> Payload for Item<'_, T> {
 pub(crate) struct Raw<'a>(pub(crate) &'a [u8]);
 
 impl Payload for Raw<'_> {
-    fn append_entry(&self, out: &mut Vec<u8>, limit: usize) -> Result<usize, EntryFail> {
+    fn append_entry(&self, out: &mut Vec<u8>, limit: usize) -> Result<Vec<OwnedFd>, EntryFail> {
         if self.0.len() > limit {
             return Err(EntryFail::TooLong);
         }
         encode::append_raw_entry(self.0, out);
-        Ok(self.0.len())
+        Ok(Vec::new())
     }
     fn encode(&self, limits: &Limits) -> Result<Encoded, SendErrorKind> {
         Encoded::raw(self.0, limits)

@@ -43,7 +43,7 @@ pub(crate) fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
 /// The most descriptors procq attaches to one datagram, and accepts on one. The kernel's
 /// own limit is 253 (`SCM_MAX_FD`); a datagram from a hostile sender with more has the
 /// rest closed by the kernel and is reported as truncated control data.
-pub(crate) const MAX_DATAGRAM_FDS: usize = 64;
+pub(crate) const MAX_DATAGRAM_FDS: usize = 253;
 
 /// Sends one datagram made of `parts`, with `fds` attached as `SCM_RIGHTS`. Never raises
 /// SIGPIPE (`MSG_NOSIGNAL`) and never blocks (`MSG_DONTWAIT`): a full socket is

@@ -1,9 +1,11 @@
 //! Item encoding: postcard, straight into the outbox (an entry) or into a memfd (an
 //! out-of-line item), with no intermediate copy.
 
+use std::os::fd::OwnedFd;
+
 use serde::Serialize;
 
-use super::ENTRY_PREFIX;
+use super::{entry_header, fds, ENTRY_PREFIX, MAX_ENTRY_HEADER, MAX_FDS};
 
 /// Why [`append_entry`] appended nothing.
 #[derive(Debug)]
@@ -12,16 +14,19 @@ pub(crate) enum EntryFail {
     TooLong,
     /// The item's `Serialize` failed.
     Encode(postcard::Error),
+    /// The item carries more descriptors than one datagram may.
+    TooManyFds(usize),
 }
 
-/// Appends `item`'s postcard encoding to `out` as an entry (length prefix, bytes), giving
-/// up as soon as the encoding passes `limit` bytes. On any failure, and if the item's
-/// `Serialize` panics, `out` is left as it was. Returns the encoded length.
+/// Appends `item`'s postcard encoding to `out` as an entry (its header, then its bytes),
+/// giving up as soon as the encoding passes `limit` bytes. On any failure, and if the
+/// item's `Serialize` panics, `out` is left as it was. Returns the descriptors the item
+/// carries (duplicates, owned), which travel with the entry.
 pub(crate) fn append_entry<T: Serialize + ?Sized>(
     item: &T,
     out: &mut Vec<u8>,
     limit: usize,
-) -> Result<usize, EntryFail> {
+) -> Result<Vec<OwnedFd>, EntryFail> {
     let start = out.len();
     let mut guard = Rollback {
         out,
@@ -33,17 +38,28 @@ pub(crate) fn append_entry<T: Serialize + ?Sized>(
         out: guard.out,
         end: start + ENTRY_PREFIX + limit,
     };
-    match postcard::serialize_with_flavor(item, flavor) {
+    let (encoded, fds) = fds::encoding(|| postcard::serialize_with_flavor(item, flavor));
+    match encoded {
         Ok(()) => {}
         Err(postcard::Error::SerializeBufferFull) => return Err(EntryFail::TooLong),
         Err(e) => return Err(EntryFail::Encode(e)),
     }
+    if fds.len() > MAX_FDS {
+        return Err(EntryFail::TooManyFds(fds.len()));
+    }
     let len = guard.out.len() - start - ENTRY_PREFIX;
-    // `limit` keeps entries far below u32::MAX.
-    let len32 = u32::try_from(len).expect("an entry fits a u32 length");
-    guard.out[start..start + ENTRY_PREFIX].copy_from_slice(&len32.to_le_bytes());
+    let (header, header_len) = entry_header(len, fds.len());
+    if header_len > ENTRY_PREFIX {
+        // Rare (items with descriptors): make room for the count after the length.
+        let at = start + ENTRY_PREFIX;
+        guard.out.splice(
+            at..at,
+            header[ENTRY_PREFIX..MAX_ENTRY_HEADER].iter().copied(),
+        );
+    }
+    guard.out[start..start + ENTRY_PREFIX].copy_from_slice(&header[..ENTRY_PREFIX]);
     guard.armed = false;
-    Ok(len)
+    Ok(fds)
 }
 
 /// Appends `bytes` exactly as given as an entry (a raw message).
@@ -62,11 +78,28 @@ pub(crate) enum FileFail {
     },
     Encode(postcard::Error),
     Io(std::io::Error),
+    /// The item carries more descriptors than one datagram may.
+    TooManyFds(usize),
 }
 
 /// Encodes `item` straight into `file` (an out-of-line item's memfd), with no copy in
-/// memory, stopping once it passes `max` bytes. Returns the encoded length.
+/// memory, stopping once it passes `max` bytes. Returns the encoded length and the
+/// descriptors the item carries.
 pub(crate) fn into_file<T: Serialize + ?Sized>(
+    item: &T,
+    file: &std::fs::File,
+    max: u64,
+) -> Result<(u64, Vec<OwnedFd>), FileFail> {
+    let (result, fds) = fds::encoding(|| into_file_inner(item, file, max));
+    let size = result?;
+    // The memfd travels in the same datagram.
+    if fds.len() + 1 > MAX_FDS {
+        return Err(FileFail::TooManyFds(fds.len()));
+    }
+    Ok((size, fds))
+}
+
+fn into_file_inner<T: Serialize + ?Sized>(
     item: &T,
     file: &std::fs::File,
     max: u64,
@@ -186,7 +219,21 @@ mod tests {
             Err(EntryFail::TooLong)
         ));
         assert_eq!(out, vec![1, 2, 3]);
-        assert_eq!(append_entry(&7u32, &mut out, 50).unwrap(), 1);
+        assert!(append_entry(&7u32, &mut out, 50).unwrap().is_empty());
         assert_eq!(out, vec![1, 2, 3, 1, 0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn an_item_with_descriptors_gets_their_count_after_its_length() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let item = (5u8, crate::Fd::new(file));
+        let mut out = Vec::new();
+        let fds = append_entry(&item, &mut out, 50).unwrap();
+        assert_eq!(fds.len(), 1);
+        // length 2 with the flag, count 1, then the item: 5 and index 0.
+        assert_eq!(out, vec![2, 0, 0, 0x80, 1, 0, 5, 0]);
+        // Outside procq, an Fd does not serialize.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(postcard::to_stdvec(&crate::Fd::new(file)).is_err());
     }
 }

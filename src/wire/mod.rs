@@ -9,35 +9,52 @@
 //! +------+---------+-------+------------+
 //! ```
 //!
-//! * kind 0, an **inline batch**: `count` (≥ 1) *entries* follow, each a `u32` length and
-//!   that many bytes of one postcard-encoded item; the entries fill the datagram exactly.
-//! * kind 1, an **out-of-line item**: `count` is 1 and a `u64` size follows; the item's
-//!   bytes are in a sealed memfd that travels with the datagram as `SCM_RIGHTS`.
+//! * kind 0, an **inline batch**: `count` (≥ 1) *entries* follow, each a `u32` length, and
+//!   that many bytes of one postcard-encoded item. When the length's top bit is set, the
+//!   item carries descriptors: a `u16` count follows the length, and the item's bytes come
+//!   after it. The entries fill the datagram exactly.
+//! * kind 1, an **out-of-line item**: `count` is 1, and a `u64` size and a `u16`
+//!   descriptor count follow; the item's bytes are in a sealed memfd.
 //!
-//! The whole datagram is checked before any item is handed out, and every length is checked
-//! against the bytes actually present (or, out of line, against the configured maximum)
-//! before anything is allocated from it. A datagram that fails is dropped whole; the next
-//! one starts clean because the kernel delivers datagrams whole.
+//! Descriptors travel as `SCM_RIGHTS` with their datagram, in order: an out-of-line item's
+//! memfd first, then each item's own descriptors (see [`crate::Fd`]), item by item. An item
+//! refers to its descriptors by index within its own list.
+//!
+//! The whole datagram is checked before any item is handed out, and every length and count
+//! is checked against the bytes (and descriptors) actually present, or, out of line,
+//! against the configured maximum, before anything is allocated from it. A datagram that
+//! fails is dropped whole, its descriptors closed; the next one starts clean because the
+//! kernel delivers datagrams whole.
 //!
 //! [`datagram`] assembles and sends every datagram procq writes; [`encode`] turns items
-//! into entries (or memfd contents).
+//! into entries (or memfd contents); [`fds`] carries descriptors between the item's
+//! `Serialize` / `Deserialize` and the datagram.
 
 pub(crate) mod datagram;
 pub(crate) mod encode;
+pub(crate) mod fds;
 
 use std::ops::Range;
 
 use crate::error::DecodeError;
 
 pub(crate) const MAGIC: [u8; 2] = *b"PQ";
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 pub(crate) const KIND_INLINE: u8 = 0;
 pub(crate) const KIND_OUT_OF_LINE: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 8;
 /// Bytes in front of each entry: its length.
 pub(crate) const ENTRY_PREFIX: usize = 4;
-/// Bytes of an out-of-line datagram: header and the `u64` size.
-pub(crate) const OUT_OF_LINE_LEN: usize = HEADER_LEN + 8;
+/// The length's top bit: a `u16` descriptor count follows it.
+pub(crate) const HAS_FDS: u32 = 1 << 31;
+/// Bytes of the descriptor count, when there is one.
+pub(crate) const FD_COUNT_LEN: usize = 2;
+/// The most bytes in front of an entry's item.
+pub(crate) const MAX_ENTRY_HEADER: usize = ENTRY_PREFIX + FD_COUNT_LEN;
+/// Bytes of an out-of-line datagram: header, the `u64` size and the `u16` count.
+pub(crate) const OUT_OF_LINE_LEN: usize = HEADER_LEN + 8 + FD_COUNT_LEN;
+/// The most descriptors one datagram carries (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS: usize = crate::sys::socket::MAX_DATAGRAM_FDS;
 
 /// The largest datagram any procq sender produces; receivers size their buffer to it, so a
 /// longer one is foreign and reported as such.
@@ -51,10 +68,21 @@ pub(crate) fn header(kind: u8, count: u32) -> [u8; HEADER_LEN] {
 /// What a received datagram holds, after validation.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Body {
-    /// `count` entries starting at byte `HEADER_LEN`, all lengths already checked.
-    Inline { count: u32 },
-    /// One item of `size` bytes in the attached memfd.
-    OutOfLine { size: u64 },
+    /// `count` entries starting at byte `HEADER_LEN`, all lengths already checked; their
+    /// items carry `fds` descriptors in all.
+    Inline { count: u32, fds: usize },
+    /// One item of `size` bytes in the attached memfd, carrying `fds` descriptors.
+    OutOfLine { size: u64, fds: usize },
+}
+
+impl Body {
+    /// How many descriptors must have come with the datagram.
+    pub(crate) fn descriptors(&self) -> usize {
+        match self {
+            Body::Inline { fds, .. } => *fds,
+            Body::OutOfLine { fds, .. } => 1 + fds,
+        }
+    }
 }
 
 /// Validates a whole datagram. `max_item` bounds an out-of-line size.
@@ -77,14 +105,19 @@ pub(crate) fn parse(datagram: &[u8], max_item: u64) -> Result<Body, DecodeError>
                 return Err(DecodeError::BadCount(count));
             }
             let mut rest = body;
+            let mut fds = 0usize;
             for _ in 0..count {
-                let (len, after) = split_entry(rest)?;
-                rest = &after[len..];
+                let entry = split_entry(rest)?;
+                fds += entry.fds;
+                rest = &rest[entry.header + entry.len..];
             }
             if !rest.is_empty() {
                 return Err(DecodeError::TrailingBytes(rest.len()));
             }
-            Ok(Body::Inline { count })
+            if fds > MAX_FDS {
+                return Err(DecodeError::Descriptor);
+            }
+            Ok(Body::Inline { count, fds })
         }
         KIND_OUT_OF_LINE => {
             if count != 1 {
@@ -94,33 +127,78 @@ pub(crate) fn parse(datagram: &[u8], max_item: u64) -> Result<Body, DecodeError>
                 return Err(DecodeError::Truncated);
             }
             let size = u64::from_le_bytes(datagram[8..16].try_into().expect("8 bytes"));
+            let fds = u16::from_le_bytes(datagram[16..18].try_into().expect("2 bytes")) as usize;
             if size > max_item {
                 return Err(DecodeError::TooLarge {
                     size,
                     max: max_item,
                 });
             }
-            Ok(Body::OutOfLine { size })
+            if 1 + fds > MAX_FDS {
+                return Err(DecodeError::Descriptor);
+            }
+            Ok(Body::OutOfLine { size, fds })
         }
         other => Err(DecodeError::Kind(other)),
     }
 }
 
-/// Splits one entry off `bytes`: returns the item length (checked against what is there)
-/// and the bytes after the prefix.
-fn split_entry(bytes: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
+/// An entry's header, read and checked against the bytes present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryHeader {
+    /// Bytes in front of the item (4, or 6 with a descriptor count).
+    pub(crate) header: usize,
+    /// The item's length.
+    pub(crate) len: usize,
+    /// Descriptors the item carries.
+    pub(crate) fds: usize,
+}
+
+/// Reads the entry at the start of `bytes`, checking its length against what is there.
+pub(crate) fn split_entry(bytes: &[u8]) -> Result<EntryHeader, DecodeError> {
     if bytes.len() < ENTRY_PREFIX {
         return Err(DecodeError::Truncated);
     }
-    let len = u32::from_le_bytes(bytes[..ENTRY_PREFIX].try_into().expect("4 bytes")) as usize;
-    let after = &bytes[ENTRY_PREFIX..];
-    if len > after.len() {
+    let prefix = u32::from_le_bytes(bytes[..ENTRY_PREFIX].try_into().expect("4 bytes"));
+    let (header, fds) = if prefix & HAS_FDS != 0 {
+        let count = bytes
+            .get(ENTRY_PREFIX..MAX_ENTRY_HEADER)
+            .ok_or(DecodeError::Truncated)?;
+        let fds = u16::from_le_bytes(count.try_into().expect("2 bytes")) as usize;
+        (MAX_ENTRY_HEADER, fds)
+    } else {
+        (ENTRY_PREFIX, 0)
+    };
+    let len = (prefix & !HAS_FDS) as usize;
+    if len > bytes.len() - header {
         return Err(DecodeError::Truncated);
     }
-    Ok((len, after))
+    Ok(EntryHeader { header, len, fds })
 }
 
-/// Walks the entries of a datagram [`parse`] accepted, yielding each item's byte range.
+/// The header in front of an item of `len` bytes carrying `fds` descriptors.
+pub(crate) fn entry_header(len: usize, fds: usize) -> ([u8; MAX_ENTRY_HEADER], usize) {
+    let mut out = [0u8; MAX_ENTRY_HEADER];
+    let len = u32::try_from(len).expect("entries are bounded by the datagram size");
+    if fds == 0 {
+        out[..ENTRY_PREFIX].copy_from_slice(&len.to_le_bytes());
+        (out, ENTRY_PREFIX)
+    } else {
+        out[..ENTRY_PREFIX].copy_from_slice(&(len | HAS_FDS).to_le_bytes());
+        let fds = u16::try_from(fds).expect("callers bound descriptors per item");
+        out[ENTRY_PREFIX..].copy_from_slice(&fds.to_le_bytes());
+        (out, MAX_ENTRY_HEADER)
+    }
+}
+
+/// One entry of a datagram: where its item's bytes are, and how many descriptors it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) range: Range<usize>,
+    pub(crate) fds: usize,
+}
+
+/// Walks the entries of a datagram [`parse`] accepted.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Entries {
     pos: usize,
@@ -149,22 +227,30 @@ impl Entries {
         self.pos
     }
 
-    /// The next item's range in `datagram`. Only call on a datagram [`parse`] accepted.
-    pub(crate) fn next_range(&mut self, datagram: &[u8]) -> Option<Range<usize>> {
+    /// The next entry of `datagram`. Only call on a datagram [`parse`] accepted.
+    pub(crate) fn next_entry(&mut self, datagram: &[u8]) -> Option<Entry> {
         if self.left == 0 {
             return None;
         }
-        let (len, _) = split_entry(&datagram[self.pos..]).ok()?;
-        let start = self.pos + ENTRY_PREFIX;
-        self.pos = start + len;
+        let e = split_entry(&datagram[self.pos..]).ok()?;
+        let start = self.pos + e.header;
+        self.pos = start + e.len;
         self.left -= 1;
-        Some(start..start + len)
+        Some(Entry {
+            range: start..start + e.len,
+            fds: e.fds,
+        })
     }
 }
 
-/// Decodes one item; trailing bytes are an error (a foreign or mismatched writer).
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (item, rest) = postcard::take_from_bytes(bytes).map_err(DecodeError::Item)?;
+/// Decodes one item from `bytes` with the descriptors it carries (closed if the item does
+/// not take them); trailing bytes are an error (a foreign or mismatched writer).
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<T, DecodeError> {
+    let (item, rest) =
+        fds::decoding(fds, || postcard::take_from_bytes(bytes)).map_err(DecodeError::Item)?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }
@@ -175,43 +261,51 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 mod tests {
     use super::*;
 
-    fn batch(items: &[&[u8]]) -> Vec<u8> {
+    fn batch(items: &[(&[u8], usize)]) -> Vec<u8> {
         let mut d = header(KIND_INLINE, items.len() as u32).to_vec();
-        for i in items {
-            d.extend_from_slice(&(i.len() as u32).to_le_bytes());
-            d.extend_from_slice(i);
+        for (item, fds) in items {
+            let (h, n) = entry_header(item.len(), *fds);
+            d.extend_from_slice(&h[..n]);
+            d.extend_from_slice(item);
         }
         d
     }
 
     #[test]
-    fn a_valid_batch_yields_every_entry() {
-        let d = batch(&[b"ab", b"", b"cde"]);
-        assert_eq!(parse(&d, 10), Ok(Body::Inline { count: 3 }));
+    fn a_valid_batch_yields_every_entry_and_its_descriptors() {
+        let d = batch(&[(b"ab", 0), (b"", 2), (b"cde", 1)]);
+        assert_eq!(parse(&d, 10), Ok(Body::Inline { count: 3, fds: 3 }));
         let mut e = Entries::new(3);
-        let got: Vec<&[u8]> = std::iter::from_fn(|| e.next_range(&d))
-            .map(|r| &d[r])
+        let got: Vec<(&[u8], usize)> = std::iter::from_fn(|| e.next_entry(&d))
+            .map(|e| (&d[e.range], e.fds))
             .collect();
-        assert_eq!(got, vec![&b"ab"[..], b"", b"cde"]);
+        assert_eq!(got, vec![(&b"ab"[..], 0), (&b""[..], 2), (&b"cde"[..], 1)]);
     }
 
     #[test]
     fn lengths_that_overrun_the_datagram_are_rejected() {
-        let mut d = batch(&[b"abcd"]);
+        let mut d = batch(&[(b"abcd", 0)]);
         d[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(parse(&d, 10), Err(DecodeError::Truncated));
-        let mut d = batch(&[b"abcd"]);
+        let mut d = batch(&[(b"abcd", 0)]);
         d[4..8].copy_from_slice(&4_000_000_000u32.to_le_bytes());
         assert_eq!(parse(&d, 10), Err(DecodeError::BadCount(4_000_000_000)));
-        let mut d = batch(&[b"abcd"]);
+        let mut d = batch(&[(b"abcd", 0)]);
         d.push(0);
         assert_eq!(parse(&d, 10), Err(DecodeError::TrailingBytes(1)));
+        // A descriptor count cut off, and more descriptors than a datagram may carry.
+        let mut d = header(KIND_INLINE, 1).to_vec();
+        d.extend_from_slice(&HAS_FDS.to_le_bytes());
+        assert_eq!(parse(&d, 10), Err(DecodeError::Truncated));
+        let d = batch(&[(b"a", 200), (b"b", 200)]);
+        assert_eq!(parse(&d, 10), Err(DecodeError::Descriptor));
     }
 
     #[test]
     fn out_of_line_size_is_bounded() {
         let mut d = header(KIND_OUT_OF_LINE, 1).to_vec();
         d.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        d.extend_from_slice(&0u16.to_le_bytes());
         assert!(matches!(
             parse(&d, 1 << 30),
             Err(DecodeError::TooLarge { .. })
