@@ -541,6 +541,10 @@ pub enum DecodeError {
     /// The item's bytes are not a valid encoding of the receiver's type.
     #[error("item does not decode: {0}")]
     Item(postcard::Error),
+    /// A handle or descriptor inside the item was refused: another kind or item type than
+    /// the receiver's, or a descriptor the item did not carry.
+    #[error("item refused: {0}")]
+    Refused(String),
 }
 
 /// [`JoinableQueue::task_done`](crate::JoinableQueue::task_done) was called more times

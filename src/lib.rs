@@ -85,6 +85,7 @@ compile_error!(
      eventfds and /proc/self/fdinfo, and no other platform is built or tested"
 );
 
+mod carried;
 mod channel;
 #[doc = include_str!("coming_from_python.md")]
 pub mod coming_from_python {}

@@ -64,12 +64,32 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
-/// A handle that [`pass`] can hand to a child process: [`Sender`](crate::Sender),
-/// [`Receiver`](crate::Receiver), [`Duplex`](crate::Duplex), [`Queue`](crate::Queue),
-/// [`JoinableQueue`](crate::JoinableQueue), [`SimpleQueue`](crate::SimpleQueue).
+/// A handle that [`pass`] can hand to a child process (and that can travel inside an item):
+/// [`Sender`](crate::Sender), [`Receiver`](crate::Receiver), [`Duplex`](crate::Duplex),
+/// [`Queue`](crate::Queue), [`JoinableQueue`](crate::JoinableQueue),
+/// [`SimpleQueue`](crate::SimpleQueue).
 pub trait Passable: sealed::Sealed {
+    /// Internal: duplicates of the handle's descriptors, its settings and item types.
     #[doc(hidden)]
-    fn into_passed(self) -> Result<Passed, Error>;
+    fn describe(&self) -> Result<Passed, Error>;
+}
+
+/// How a handle is rebuilt from what was passed (through the environment, or inside an
+/// item).
+pub(crate) trait Rebuild: Sized {
+    const KIND: Kind;
+    /// How many descriptors the handle is passed with (optional ones included).
+    const DESCRIPTORS: usize;
+    /// Its item type(s), as `std::any::type_name` spells them.
+    fn types() -> Vec<&'static str>;
+    /// Builds the handle; `buffer` overrides the parent's buffer size.
+    fn rebuild(taken: Taken, buffer: Option<usize>) -> Result<Self, FromEnvError>;
+}
+
+/// Rebuilds the handle passed under `name`.
+pub(crate) fn from_env<H: Rebuild>(name: &str, buffer: Option<usize>) -> Result<H, FromEnvError> {
+    let taken = take(name, H::KIND, &H::types(), H::DESCRIPTORS)?;
+    H::rebuild(taken, buffer)
 }
 
 /// Internal: what a [`Passable`] hands over. Not constructible outside procq.
@@ -185,7 +205,8 @@ where
         fds,
         opts,
         types,
-    } = handle.into_passed()?;
+    } = handle.describe()?;
+    drop(handle);
     // Every identity first: a failure must leave nothing registered with the command.
     let identities = fds
         .iter()
@@ -283,6 +304,32 @@ pub(crate) struct Taken {
     pub(crate) name: String,
     pub(crate) opts: Options,
     fds: std::vec::IntoIter<Option<OwnedFd>>,
+}
+
+impl Taken {
+    /// A handle that arrived inside an item (its descriptors came with the datagram).
+    pub(crate) fn from_item(opts: Options, fds: Vec<Option<OwnedFd>>) -> Taken {
+        Taken {
+            name: "(a handle inside an item)".to_string(),
+            opts,
+            fds: fds.into_iter(),
+        }
+    }
+}
+
+impl Passed {
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub(crate) fn options(&self) -> &Options {
+        &self.opts
+    }
+    pub(crate) fn types(&self) -> &[&'static str] {
+        &self.types
+    }
+    pub(crate) fn into_fds(self) -> Vec<Option<OwnedFd>> {
+        self.fds
+    }
 }
 
 /// Reads what was passed under `name`: it must be a `kind` of items `types` with `count`
@@ -460,7 +507,8 @@ impl Taken {
 use crate::channel::{duplex_on, receiver_on, sender_on};
 use crate::{Duplex, Receiver, Sender};
 
-fn with_buffer(mut opts: Options, buffer_bytes: Option<usize>) -> Options {
+/// `opts` with the receiving process's own buffer size, if it chose one.
+pub(crate) fn with_buffer(mut opts: Options, buffer_bytes: Option<usize>) -> Options {
     if let Some(bytes) = buffer_bytes {
         opts.buffer_bytes = bytes.max(1);
     }
@@ -474,17 +522,23 @@ impl<T> Sender<T> {
     /// not the one that was passed. Takes the descriptor: a second call for the same name
     /// fails. Needs no runtime.
     pub fn from_env(name: &str) -> Result<Self, FromEnvError> {
-        Self::rebuild(name, None)
+        from_env(name, None)
     }
 
     /// [`from_env`](Self::from_env) with this process's own buffer size (see
     /// [`Options::buffer_bytes`]); every other setting stays the parent's.
     pub fn from_env_with_buffer(name: &str, buffer_bytes: usize) -> Result<Self, FromEnvError> {
-        Self::rebuild(name, Some(buffer_bytes))
+        from_env(name, Some(buffer_bytes))
     }
+}
 
-    fn rebuild(name: &str, buffer: Option<usize>) -> Result<Self, FromEnvError> {
-        let mut taken = take(name, Kind::Sender, &[std::any::type_name::<T>()], 1)?;
+impl<T> Rebuild for Sender<T> {
+    const KIND: Kind = Kind::Sender;
+    const DESCRIPTORS: usize = 1;
+    fn types() -> Vec<&'static str> {
+        vec![std::any::type_name::<T>()]
+    }
+    fn rebuild(mut taken: Taken, buffer: Option<usize>) -> Result<Self, FromEnvError> {
         let fd = taken.socket()?;
         Ok(sender_on(fd, &with_buffer(taken.opts, buffer)))
     }
@@ -494,7 +548,17 @@ impl<T> Receiver<T> {
     /// Rebuilds the receiver a parent passed to this process under `name` with [`pass`].
     /// Errors as [`Sender::from_env`]. Needs no runtime.
     pub fn from_env(name: &str) -> Result<Self, FromEnvError> {
-        let mut taken = take(name, Kind::Receiver, &[std::any::type_name::<T>()], 1)?;
+        from_env(name, None)
+    }
+}
+
+impl<T> Rebuild for Receiver<T> {
+    const KIND: Kind = Kind::Receiver;
+    const DESCRIPTORS: usize = 1;
+    fn types() -> Vec<&'static str> {
+        vec![std::any::type_name::<T>()]
+    }
+    fn rebuild(mut taken: Taken, _buffer: Option<usize>) -> Result<Self, FromEnvError> {
         let fd = taken.socket()?;
         Ok(receiver_on(fd, &taken.opts))
     }
@@ -503,17 +567,22 @@ impl<T> Receiver<T> {
 impl<S, R> Duplex<S, R> {
     /// Rebuilds the end a parent passed under `name`. Errors as [`Sender::from_env`].
     pub fn from_env(name: &str) -> Result<Self, FromEnvError> {
-        Self::rebuild(name, None)
+        from_env(name, None)
     }
 
     /// [`from_env`](Self::from_env) with this process's own buffer size.
     pub fn from_env_with_buffer(name: &str, buffer_bytes: usize) -> Result<Self, FromEnvError> {
-        Self::rebuild(name, Some(buffer_bytes))
+        from_env(name, Some(buffer_bytes))
     }
+}
 
-    fn rebuild(name: &str, buffer: Option<usize>) -> Result<Self, FromEnvError> {
-        let types = [std::any::type_name::<S>(), std::any::type_name::<R>()];
-        let mut taken = take(name, Kind::Duplex, &types, 1)?;
+impl<S, R> Rebuild for Duplex<S, R> {
+    const KIND: Kind = Kind::Duplex;
+    const DESCRIPTORS: usize = 1;
+    fn types() -> Vec<&'static str> {
+        vec![std::any::type_name::<S>(), std::any::type_name::<R>()]
+    }
+    fn rebuild(mut taken: Taken, buffer: Option<usize>) -> Result<Self, FromEnvError> {
         let fd = taken.socket()?;
         Ok(duplex_on(fd, &with_buffer(taken.opts, buffer)))
     }
@@ -521,37 +590,37 @@ impl<S, R> Duplex<S, R> {
 
 impl<T> sealed::Sealed for Sender<T> {}
 impl<T> Passable for Sender<T> {
-    fn into_passed(self) -> Result<Passed, Error> {
+    fn describe(&self) -> Result<Passed, Error> {
         let socket = self.handle.socket().ok_or(Error::Closed)?;
         Passed::new(
             Kind::Sender,
             &[Some(socket.fd().as_fd())],
             self.handle.options(),
-            &[std::any::type_name::<T>()],
+            &Self::types(),
         )
     }
 }
 
 impl<T> sealed::Sealed for Receiver<T> {}
 impl<T> Passable for Receiver<T> {
-    fn into_passed(self) -> Result<Passed, Error> {
+    fn describe(&self) -> Result<Passed, Error> {
         Passed::new(
             Kind::Receiver,
             &[Some(self.inbox.socket().fd().as_fd())],
             self.inbox.options(),
-            &[std::any::type_name::<T>()],
+            &Self::types(),
         )
     }
 }
 
 impl<S, R> sealed::Sealed for Duplex<S, R> {}
 impl<S, R> Passable for Duplex<S, R> {
-    fn into_passed(self) -> Result<Passed, Error> {
+    fn describe(&self) -> Result<Passed, Error> {
         Passed::new(
             Kind::Duplex,
             &[Some(self.rx.inbox.socket().fd().as_fd())],
             self.tx.handle.options(),
-            &[std::any::type_name::<S>(), std::any::type_name::<R>()],
+            &Self::types(),
         )
     }
 }

@@ -60,19 +60,12 @@ impl<T> JoinableQueue<T> {
     /// Rebuilds a joinable queue a parent passed under `name` with [`pass`](crate::pass).
     /// Errors as [`Sender::from_env`](crate::Sender::from_env).
     pub fn from_env(name: &str) -> Result<Self, FromEnvError> {
-        Self::rebuild(name, None)
+        spawn::from_env(name, None)
     }
 
     /// [`from_env`](Self::from_env) with this process's own buffer size for its puts.
     pub fn from_env_with_buffer(name: &str, buffer_bytes: usize) -> Result<Self, FromEnvError> {
-        Self::rebuild(name, Some(buffer_bytes))
-    }
-
-    fn rebuild(name: &str, buffer: Option<usize>) -> Result<Self, FromEnvError> {
-        let taken = spawn::take(name, Kind::JoinableQueue, &[std::any::type_name::<T>()], 5)?;
-        Ok(JoinableQueue {
-            queue: Queue::from_core(Core::adopt(taken, Kind::JoinableQueue, buffer)?),
-        })
+        spawn::from_env(name, Some(buffer_bytes))
     }
 
     fn core(&self) -> &Core {
@@ -288,9 +281,22 @@ impl<T> fmt::Debug for JoinableQueue<T> {
     }
 }
 
+impl<T> spawn::Rebuild for JoinableQueue<T> {
+    const KIND: Kind = Kind::JoinableQueue;
+    const DESCRIPTORS: usize = 5;
+    fn types() -> Vec<&'static str> {
+        vec![std::any::type_name::<T>()]
+    }
+    fn rebuild(taken: spawn::Taken, buffer: Option<usize>) -> Result<Self, FromEnvError> {
+        Ok(JoinableQueue {
+            queue: Queue::from_core(Core::adopt(taken, Kind::JoinableQueue, buffer)?),
+        })
+    }
+}
+
 impl<T> spawn::sealed::Sealed for JoinableQueue<T> {}
 impl<T> Passable for JoinableQueue<T> {
-    fn into_passed(self) -> Result<Passed, Error> {
+    fn describe(&self) -> Result<Passed, Error> {
         self.core()
             .passed(Kind::JoinableQueue, &[std::any::type_name::<T>()])
     }

@@ -98,16 +98,22 @@ impl<T> Queue<T> {
     /// queue, with the settings it was made with. Errors as
     /// [`Sender::from_env`](crate::Sender::from_env).
     pub fn from_env(name: &str) -> Result<Self, FromEnvError> {
-        Self::rebuild(name, None)
+        spawn::from_env(name, None)
     }
 
     /// [`from_env`](Self::from_env) with this process's own buffer size for its puts.
     pub fn from_env_with_buffer(name: &str, buffer_bytes: usize) -> Result<Self, FromEnvError> {
-        Self::rebuild(name, Some(buffer_bytes))
+        spawn::from_env(name, Some(buffer_bytes))
     }
+}
 
-    fn rebuild(name: &str, buffer: Option<usize>) -> Result<Self, FromEnvError> {
-        let taken = spawn::take(name, Kind::Queue, &[std::any::type_name::<T>()], 4)?;
+impl<T> spawn::Rebuild for Queue<T> {
+    const KIND: Kind = Kind::Queue;
+    const DESCRIPTORS: usize = 4;
+    fn types() -> Vec<&'static str> {
+        vec![std::any::type_name::<T>()]
+    }
+    fn rebuild(taken: spawn::Taken, buffer: Option<usize>) -> Result<Self, FromEnvError> {
         Ok(Self::from_core(Core::adopt(taken, Kind::Queue, buffer)?))
     }
 }
@@ -422,7 +428,7 @@ impl<T> fmt::Debug for Queue<T> {
 
 impl<T> spawn::sealed::Sealed for Queue<T> {}
 impl<T> Passable for Queue<T> {
-    fn into_passed(self) -> Result<Passed, Error> {
+    fn describe(&self) -> Result<Passed, Error> {
         self.core.passed(Kind::Queue, &[std::any::type_name::<T>()])
     }
 }

@@ -49,14 +49,7 @@ impl<T> SimpleQueue<T> {
     /// Rebuilds a queue a parent passed under `name` with [`pass`](crate::pass). Errors as
     /// [`Sender::from_env`].
     pub fn from_env(name: &str) -> Result<Self, FromEnvError> {
-        let mut taken = spawn::take(name, Kind::SimpleQueue, &[std::any::type_name::<T>()], 2)?;
-        let send_end = taken.socket()?;
-        let recv_end = taken.socket()?;
-        let opts = taken.opts.clone().direct();
-        Ok(SimpleQueue {
-            tx: sender_on(send_end, &opts),
-            rx: receiver_on(recv_end, &opts),
-        })
+        spawn::from_env(name, None)
     }
 
     /// Is nothing ready to get right now? Python's `empty()`.
@@ -148,9 +141,26 @@ impl<T> fmt::Debug for SimpleQueue<T> {
     }
 }
 
+impl<T> spawn::Rebuild for SimpleQueue<T> {
+    const KIND: Kind = Kind::SimpleQueue;
+    const DESCRIPTORS: usize = 2;
+    fn types() -> Vec<&'static str> {
+        vec![std::any::type_name::<T>()]
+    }
+    fn rebuild(mut taken: spawn::Taken, _buffer: Option<usize>) -> Result<Self, FromEnvError> {
+        let send_end = taken.socket()?;
+        let recv_end = taken.socket()?;
+        let opts = taken.opts.clone().direct();
+        Ok(SimpleQueue {
+            tx: sender_on(send_end, &opts),
+            rx: receiver_on(recv_end, &opts),
+        })
+    }
+}
+
 impl<T> spawn::sealed::Sealed for SimpleQueue<T> {}
 impl<T> Passable for SimpleQueue<T> {
-    fn into_passed(self) -> Result<Passed, Error> {
+    fn describe(&self) -> Result<Passed, Error> {
         let tx = self.tx.handle.socket().ok_or(Error::Closed)?;
         Passed::new(
             Kind::SimpleQueue,

@@ -98,10 +98,9 @@ struct State {
 struct Writer {
     socket: Option<Arc<Waitable>>,
     batch: Pending,
-    /// Bytes of `batch` already written.
+    /// Bytes of `batch` already written. (Its descriptors are closed as they are written:
+    /// the batch holds only those still to go.)
     pos: usize,
-    /// Descriptors of `batch` already written (still open until the batch is done).
-    fd_pos: usize,
 }
 
 pub(crate) struct Outbox {
@@ -156,7 +155,6 @@ impl Outbox {
                 socket: Some(socket),
                 batch: Pending::default(),
                 pos: 0,
-                fd_pos: 0,
             }),
             wake: Notify::new(),
             progress: Notify::new(),
@@ -442,7 +440,6 @@ impl Outbox {
             if w.pos >= w.batch.bytes().len() {
                 w.batch.clear();
                 w.pos = 0;
-                w.fd_pos = 0;
                 let mut st = self.lock();
                 if st.end.is_some() {
                     return Ok(Progress::Ended);
@@ -465,7 +462,7 @@ impl Outbox {
                 self.limits.body_bytes,
                 self.limits.batch_items,
             );
-            let fds = &w.batch.fds()[w.fd_pos..w.fd_pos + plan.fds];
+            let fds = &w.batch.fds()[..plan.fds];
             let out = match plan.out_of_line {
                 None => Outgoing::Inline {
                     count: plan.items as u32,
@@ -493,7 +490,9 @@ impl Outbox {
                 }
             }
             w.pos = plan.end;
-            w.fd_pos += plan.fds;
+            // Our duplicates are closed at once: the kernel holds the descriptors now, and
+            // a socket handed to another process must not stay open here.
+            w.batch.close_front_fds(plan.fds);
             {
                 let mut st = self.lock();
                 st.buffered -= plan.cost.min(st.buffered);
@@ -507,9 +506,8 @@ impl Outbox {
     /// all written), the socket is released (closing it, unless a child is being handed a
     /// duplicate or a duplex receiver shares it), and everyone waiting is woken.
     fn finish(&self, st: &mut State, w: &mut Writer, end: End) {
-        let mut rest = w.batch.split_from(w.pos, w.fd_pos);
+        let mut rest = w.batch.split_from(w.pos);
         w.pos = 0;
-        w.fd_pos = 0;
         rest.append(&mut st.pending);
         st.undelivered.append(&mut rest);
         st.buffered = 0;
@@ -953,8 +951,8 @@ impl Drop for TaskGuard {
 impl Drop for Outbox {
     fn drop(&mut self) {
         let w = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
-        let (pos, fd_pos) = (w.pos, w.fd_pos);
-        let rest = w.batch.split_from(pos, fd_pos).items();
+        let pos = w.pos;
+        let rest = w.batch.split_from(pos).items();
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         let lost = st.undelivered.items() + st.pending.items() + rest;
         if lost > 0 {

@@ -147,9 +147,15 @@ impl Pending {
         self.items = 0;
     }
 
-    /// The records from byte `from` on (whose descriptors start at `from_fd`), as a run of
-    /// their own; this run is emptied (descriptors already written are closed).
-    pub(crate) fn split_from(&mut self, from: usize, from_fd: usize) -> Pending {
+    /// Closes the first `n` descriptors (written with their datagram).
+    pub(crate) fn close_front_fds(&mut self, n: usize) {
+        self.fds.drain(..n.min(self.fds.len()));
+    }
+
+    /// The records from byte `from` on, as a run of their own (with every descriptor left:
+    /// those of records before `from` were closed as they were written); this run is
+    /// emptied.
+    pub(crate) fn split_from(&mut self, from: usize) -> Pending {
         let mut rest = Pending::default();
         let mut at = from;
         while at < self.bytes.len() {
@@ -158,7 +164,7 @@ impl Pending {
             at = next;
         }
         rest.bytes = self.bytes[from..].to_vec();
-        rest.fds = self.fds.split_off(from_fd.min(self.fds.len()));
+        rest.fds = std::mem::take(&mut self.fds);
         self.clear();
         rest
     }
@@ -344,7 +350,8 @@ mod tests {
     fn split_from_keeps_the_unwritten_records_and_their_descriptors() {
         let mut p = run(&[Ok((10, 2)), Err(5), Ok((10, 1))]);
         let a = plan(p.bytes(), 0, 1000, usize::MAX);
-        let rest = p.split_from(a.end, a.fds);
+        p.close_front_fds(a.fds);
+        let rest = p.split_from(a.end);
         assert_eq!(rest.items(), 2);
         assert_eq!(rest.fds.len(), 2); // the memfd and one descriptor
         assert!(p.is_empty());

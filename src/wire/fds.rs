@@ -10,9 +10,16 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::sys::socket;
 
+/// The item being decoded: its descriptors, and why a part of it was refused (the
+/// decoder itself keeps no message: postcard drops a custom error's text).
+struct Decoding {
+    fds: Vec<Option<OwnedFd>>,
+    refusal: Option<String>,
+}
+
 thread_local! {
     static ENCODING: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
-    static DECODING: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    static DECODING: RefCell<Option<Decoding>> = const { RefCell::new(None) };
 }
 
 /// What an `Fd` serialized outside procq says.
@@ -43,25 +50,54 @@ pub(crate) fn put(fd: BorrowedFd<'_>) -> Result<u32, String> {
     })
 }
 
+/// Called by `Serialize`: adds `fd` (already a duplicate) to the item being encoded and
+/// returns its index, or fails outside a procq encoding.
+pub(crate) fn put_owned(fd: OwnedFd) -> Result<u32, String> {
+    ENCODING.with(|e| match e.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push(fd);
+            Ok((list.len() - 1) as u32)
+        }
+        None => Err(NOT_IN_PROCQ.to_string()),
+    })
+}
+
 /// Runs `decode` with the descriptors that came with the item; those it does not take are
-/// closed when it returns.
-pub(crate) fn decoding<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
-    let list = fds.into_iter().map(Some).collect();
-    let outer = DECODING.with(|d| d.replace(Some(list)));
+/// closed when it returns. Returns what `decode` returned and why a part of the item was
+/// refused, if a part said so.
+pub(crate) fn decoding<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, Option<String>) {
+    let context = Decoding {
+        fds: fds.into_iter().map(Some).collect(),
+        refusal: None,
+    };
+    let outer = DECODING.with(|d| d.replace(Some(context)));
     let result = decode();
-    drop(DECODING.with(|d| d.replace(outer)));
-    result
+    let context = DECODING.with(|d| d.replace(outer));
+    (result, context.and_then(|c| c.refusal))
+}
+
+/// Called by `Deserialize` when it refuses what the item holds: the reason the receiver
+/// gets (returned with the decoder's error). Returns the reason, for that error.
+pub(crate) fn refuse(reason: String) -> String {
+    DECODING.with(|d| {
+        if let Some(context) = d.borrow_mut().as_mut() {
+            context.refusal.get_or_insert_with(|| reason.clone());
+        }
+    });
+    reason
 }
 
 /// Called by `Deserialize`: takes the descriptor at `index` of the item being decoded.
 pub(crate) fn take(index: u32) -> Result<OwnedFd, String> {
-    DECODING.with(|d| match d.borrow_mut().as_mut() {
-        Some(list) => list
+    let taken = DECODING.with(|d| match d.borrow_mut().as_mut() {
+        Some(context) => context
+            .fds
             .get_mut(index as usize)
             .and_then(Option::take)
             .ok_or_else(|| {
                 format!("the item names descriptor {index}, which it did not carry (or twice)")
             }),
         None => Err(NOT_IN_PROCQ.to_string()),
-    })
+    });
+    taken.map_err(refuse)
 }

@@ -249,8 +249,11 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<std::os::fd::OwnedFd>,
 ) -> Result<T, DecodeError> {
-    let (item, rest) =
-        fds::decoding(fds, || postcard::take_from_bytes(bytes)).map_err(DecodeError::Item)?;
+    let (decoded, refusal) = fds::decoding(fds, || postcard::take_from_bytes(bytes));
+    let (item, rest) = decoded.map_err(|e| match refusal {
+        Some(reason) => DecodeError::Refused(reason),
+        None => DecodeError::Item(e),
+    })?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }
