@@ -171,3 +171,34 @@ async fn a_byte_forwarder_with_tls_end_to_end_is_harmless() {
     q.put(7).await.unwrap();
     assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), 7);
 }
+
+/// A foreign "server" that sends garbage, an oversize length, or nothing: the client gets
+/// an error value within its connect timeout, never a panic or a hang.
+#[tokio::test]
+async fn a_foreign_server_is_an_error_value_never_a_hang() {
+    for garbage in [
+        &b"\x00\x00\x00\x05hello, I am not a queue server"[..],
+        &b"\xff\xff\xff\xff"[..],
+        &b"\x00\x00\x00\x08#WELCOME"[..],
+        &b""[..],
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let serving = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = s.write_all(garbage).await;
+            // Then silence, with the connection open.
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink).await;
+        });
+        let result = ClientOptions::new(KEY)
+            .connect_timeout(Duration::from_millis(500))
+            .connect::<u8>(&addr, "jobs")
+            .await;
+        match result {
+            Err(RemoteError::Auth(_)) | Err(RemoteError::Timeout) => {}
+            other => panic!("{garbage:?}: {other:?}"),
+        }
+        serving.abort();
+    }
+}

@@ -52,6 +52,17 @@ async fn play(role: &str) {
             report("fed");
             std::future::pending::<()>().await;
         }
+        // Feeds items into a full queue and drops the handle without closing.
+        "feed-and-drop" => {
+            let q = RemoteQueue::<u64>::connect(&addr, "jobs", KEY)
+                .await
+                .unwrap();
+            for i in 0..10 {
+                q.feed(i).await.unwrap();
+            }
+            drop(q);
+            report("dropped");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -252,4 +263,25 @@ async fn a_consumer_that_stops_reading_gives_its_items_back() {
         good.get_timeout(PATIENCE).await.unwrap();
     }
     drop(stuck);
+}
+
+/// A handle dropped with puts the server has not confirmed says so (on stderr, as no
+/// tracing subscriber is installed), instead of staying silent.
+#[tokio::test]
+async fn a_handle_dropped_with_unconfirmed_puts_says_so() {
+    let (_server, addr) = start_server(ServerConfig::new(KEY), 1).await;
+    let mut cmd = child_command("feed-and-drop");
+    cmd.env("ADDR", &addr).stderr(std::process::Stdio::piped());
+    let mut kid = Kid::spawn(cmd);
+    let mut stderr = kid.child.stderr.take().unwrap();
+    assert_eq!(kid.report().await, "dropped");
+    assert!(kid.exit_within(PATIENCE).await.success());
+    let mut said = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut said)
+        .await
+        .unwrap();
+    assert!(
+        said.contains("procq: remote queue \"jobs\" dropped with") && said.contains("close()"),
+        "{said}"
+    );
 }

@@ -455,7 +455,7 @@ impl Client {
             stop.clone(),
         );
         let on_write_error = shared.clone();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             if let Err(reason) = writing.await {
                 on_write_error.end(reason);
             }
@@ -463,6 +463,9 @@ impl Client {
         let reading = shared.clone();
         let mut inbox = opened.inbox;
         tokio::spawn(async move {
+            // Once the connection is over, a write blocked on a dead peer must not keep
+            // the socket.
+            let _stop_writer = AbortOnDrop(writer);
             let reason = loop {
                 match inbox.next().await {
                     Ok(reply) => {
@@ -732,6 +735,15 @@ impl Client {
             }
         }
         Ok(failures)
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -1488,25 +1500,27 @@ impl Delivery {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future after it started may or may not leave the item acknowledged.
+    /// Dropping the future before the ack is sent gives the item back as dropping the
+    /// delivery does; after, the item may or may not be acknowledged.
     pub async fn ack(mut self) -> Result<(), RemoteError> {
-        self.settled = true;
         let id = self.id;
         let seq = self
             .client
             .send_settle(|| Request::Ack { delivery: id }, true, false)
-            .await?;
-        self.client.settle_outcome(seq).await
+            .await;
+        self.settled = true;
+        self.client.settle_outcome(seq?).await
     }
 
     /// Sends the ack without waiting for the server's confirmation.
     async fn ack_nowait(mut self) -> Result<(), RemoteError> {
-        self.settled = true;
         let id = self.id;
-        self.client
+        let sent = self
+            .client
             .send_settle(|| Request::Ack { delivery: id }, false, true)
-            .await
-            .map(drop)
+            .await;
+        self.settled = true;
+        sent.map(drop)
     }
 
     /// Extends the lease by a full lease from now, for a job that runs long; waits (at

@@ -165,8 +165,11 @@ pub(crate) struct Inbox<In> {
     quiet: u32,
 }
 
-/// Ticks without a frame after which the peer is silent.
-const QUIET_TICKS: u32 = 4;
+/// Ticks per silence limit.
+const TICKS: u32 = 4;
+/// Ticks in a row without a frame after which the peer is silent: it has sent nothing for
+/// between three and four quarters of the limit at least, and at most the limit.
+const QUIET_TICKS: u32 = 3;
 
 impl<In: Wire> Inbox<In> {
     fn new(
@@ -176,15 +179,15 @@ impl<In: Wire> Inbox<In> {
         Inbox {
             frames,
             silent_after,
-            tick: Box::pin(tokio::time::sleep(silent_after / QUIET_TICKS)),
+            tick: Box::pin(tokio::time::sleep(silent_after / TICKS)),
             seen: false,
             quiet: 0,
         }
     }
 
     /// The next message other than a ping. Fails once nothing (not even a ping) has come
-    /// for about the silence limit (between three and four quarters of it up to the
-    /// limit itself), counted from the last frame or [`refresh`](Self::refresh).
+    /// for the silence limit at most (and three quarters of it at least), counted from
+    /// the last frame or [`refresh`](Self::refresh). Peers ping every quarter of it.
     ///
     /// Cancel safe: a message is never half-consumed; its bytes stay buffered.
     pub(crate) async fn next(&mut self) -> Result<In, Disconnect> {
@@ -210,7 +213,7 @@ impl<In: Wire> Inbox<In> {
                             return Err(Disconnect::Silent);
                         }
                     }
-                    let next = Instant::now() + self.silent_after / QUIET_TICKS;
+                    let next = Instant::now() + self.silent_after / TICKS;
                     self.tick.as_mut().reset(next);
                 }
             }
@@ -237,7 +240,7 @@ impl<In: Wire> Inbox<In> {
     pub(crate) fn refresh(&mut self) {
         self.seen = false;
         self.quiet = 0;
-        let next = Instant::now() + self.silent_after / QUIET_TICKS;
+        let next = Instant::now() + self.silent_after / TICKS;
         self.tick.as_mut().reset(next);
     }
 
