@@ -445,11 +445,12 @@ impl Client {
         });
         let (requests, outgoing) = mpsc::channel(1024);
         let stop = CancellationToken::new();
-        // Merged acks stay far below the smallest frame a server accepts.
+        // Merged puts and acks stay within the server's frame limit.
+        let merge_limit = (opened.max_item as usize + ENVELOPE).min(256 * 1024) - ENVELOPE;
         let writing = link::write_loop(
             opened.writer,
             outgoing,
-            512,
+            merge_limit,
             opened.idle_timeout / 4,
             None,
             stop.clone(),
@@ -519,7 +520,11 @@ impl Client {
 
     /// Sends a put; returns its number. Waits while the put window is full.
     async fn send_put(&self, item: Bytes, wait: bool, fed: bool) -> Result<u64, RemoteError> {
-        loop {
+        let room = |st: &State| {
+            st.puts_sent - st.puts_done < self.options.window
+                && st.unconfirmed_bytes < self.options.window_bytes
+        };
+        while !room(&self.shared.lock()) {
             let changed = self.shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
@@ -528,9 +533,7 @@ impl Client {
                 if let Some(e) = Self::gone(&st) {
                     return Err(e);
                 }
-                if st.puts_sent - st.puts_done < self.options.window
-                    && st.unconfirmed_bytes < self.options.window_bytes
-                {
+                if room(&st) {
                     break;
                 }
             }

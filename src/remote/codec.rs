@@ -1,5 +1,6 @@
 //! Frames and messages on a remote connection: tokio-util's [`LengthDelimitedCodec`]
-//! (a `u32` big-endian length, then the frame) carrying postcard-encoded messages.
+//! (a `u32` big-endian length, then the frame) carrying postcard-encoded messages. The
+//! encoder writes that same format with the message encoded in place.
 //!
 //! The decoder refuses a length above its limit as soon as it sees the four length bytes,
 //! and hands a frame to [`LengthDelimitedCodec`] only once all of it has arrived, so the
@@ -41,12 +42,10 @@ pub(crate) fn frames(max: usize) -> LengthDelimitedCodec {
 }
 
 /// Decodes frames of at most `max` bytes into `In` messages and encodes `Out` messages
-/// into frames.
+/// into frames of the same format.
 pub(crate) struct MessageCodec<In, Out> {
     decode: LengthDelimitedCodec,
-    encode: LengthDelimitedCodec,
     max: usize,
-    scratch: BytesMut,
     _messages: PhantomData<fn(Out) -> In>,
 }
 
@@ -56,9 +55,7 @@ impl<In, Out> MessageCodec<In, Out> {
     pub(crate) fn new(max_in: usize) -> Self {
         MessageCodec {
             decode: frames(max_in),
-            encode: frames(u32::MAX as usize),
             max: max_in,
-            scratch: BytesMut::new(),
             _messages: PhantomData,
         }
     }
@@ -112,11 +109,15 @@ impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
 impl<In, Out: Serialize> Encoder<Out> for MessageCodec<In, Out> {
     type Error = FrameError;
 
+    /// Writes the frame in place: the length [`LengthDelimitedCodec`] expects, then the
+    /// message, encoded straight into the write buffer.
     fn encode(&mut self, message: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
-        self.scratch.clear();
-        postcard::to_io(&message, (&mut self.scratch).writer())
-            .map_err(|_| FrameError::Undecodable)?;
-        self.encode.encode(&self.scratch[..], dst)?;
+        let start = dst.len();
+        dst.put_u32(0);
+        postcard::to_io(&message, dst.writer()).map_err(|_| FrameError::Undecodable)?;
+        let len = dst.len() - start - HEAD;
+        let len = u32::try_from(len).map_err(|_| FrameError::TooLarge)?;
+        dst[start..start + HEAD].copy_from_slice(&len.to_be_bytes());
         Ok(())
     }
 }
@@ -142,6 +143,18 @@ mod tests {
         }
         assert_eq!(got, vec![Request::Ping, Request::Len { req: 7 }]);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn what_the_encoder_writes_is_what_length_delimited_codec_reads() {
+        let mut codec = MessageCodec::<Request, Request>::new(1024);
+        let mut wire = BytesMut::new();
+        codec.encode(Request::Len { req: 300 }, &mut wire).unwrap();
+        let frame = frames(1024).decode(&mut wire).unwrap().unwrap();
+        assert_eq!(
+            &frame[..],
+            &postcard::to_stdvec(&Request::Len { req: 300 }).unwrap()[..]
+        );
     }
 
     #[test]

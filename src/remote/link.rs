@@ -55,11 +55,28 @@ impl Wire for Request {
         match self {
             Request::Ack { .. } => Some(11),
             Request::Acks { deliveries } => Some(11 * deliveries.len() + 8),
+            Request::Put { item, wait: true } => Some(item.len() + 5),
+            Request::Puts { items } => Some(items.iter().map(|i| i.len() + 5).sum::<usize>() + 8),
             _ => None,
         }
     }
     fn merge(&mut self, next: Self) -> Result<(), Self> {
         match (&mut *self, next) {
+            (
+                Request::Put {
+                    item: first,
+                    wait: true,
+                },
+                Request::Put { item, wait: true },
+            ) => {
+                let items = vec![std::mem::take(first), item];
+                *self = Request::Puts { items };
+                Ok(())
+            }
+            (Request::Puts { items }, Request::Put { item, wait: true }) => {
+                items.push(item);
+                Ok(())
+            }
             (Request::Ack { delivery: first }, Request::Ack { delivery }) => {
                 *self = Request::Acks {
                     deliveries: vec![*first, delivery],

@@ -140,6 +140,12 @@ pub enum Request {
         /// Wait for room in a bounded queue (false: refuse with [`Refusal::Full`]).
         wait: bool,
     },
+    /// [`Request::Put`] (waiting for room) for each of these items, in order (numbered as
+    /// that many puts).
+    Puts {
+        /// The encoded items.
+        items: Vec<Bytes>,
+    },
     /// Withdraw put number `seq` if it is still waiting for room.
     Withdraw {
         /// The put's number.

@@ -665,16 +665,24 @@ async fn connection<S: Io>(
     }
     let (mut inbox, writer) = link::split::<Request, Reply>(session, config.idle_timeout);
     let (replies, outgoing) = tokio::sync::mpsc::channel(1024);
-    // Merged deliveries stay within the client's frame limit (at least ours).
+    // Deliveries stay within the client's frame limit (at least ours).
+    let merge_limit = (max_frame as usize).min(256 * 1024) - ENVELOPE;
     let writing = tokio::spawn(link::write_loop(
         writer,
         outgoing,
-        (max_frame as usize).min(256 * 1024) - ENVELOPE,
+        merge_limit,
         config.idle_timeout / 4,
         Some(config.idle_timeout),
         CancellationToken::new(),
     ));
-    let mut conn = Conn::new(shared.clone(), replies, queue, lease, peer.clone());
+    let mut conn = Conn::new(
+        shared.clone(),
+        replies,
+        queue,
+        lease,
+        peer.clone(),
+        merge_limit,
+    );
     let ended = conn.run(&mut inbox, probe.as_ref()).await;
     tracing::debug!(%peer, reason = %ended, "procq server: connection closed");
     conn.finish(ended);

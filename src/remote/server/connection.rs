@@ -56,6 +56,8 @@ pub(super) struct Conn {
     queue: Option<Arc<ServedQueue>>,
     lease: Duration,
     peer: String,
+    /// Bytes of items one message to the client may carry.
+    merge_limit: usize,
     credits: u64,
     unacked: HashMap<u64, Held, BuildHasherDefault<DeliveryHasher>>,
     /// Lease deadlines in the order they were set; stale entries (acknowledged, or
@@ -84,6 +86,7 @@ impl Conn {
         queue: Option<Arc<ServedQueue>>,
         lease: Duration,
         peer: String,
+        merge_limit: usize,
     ) -> Self {
         Conn {
             shared,
@@ -91,6 +94,7 @@ impl Conn {
             queue,
             lease,
             peer,
+            merge_limit,
             credits: 0,
             unacked: HashMap::default(),
             leases: VecDeque::new(),
@@ -248,43 +252,19 @@ impl Conn {
     }
 
     async fn handle(&mut self, request: Request) -> Result<(), Disconnect> {
-        if !matches!(request, Request::Put { .. }) && !self.waiting.is_empty() {
+        if !matches!(request, Request::Put { .. } | Request::Puts { .. })
+            && !self.waiting.is_empty()
+        {
             self.admit_waiting(); // requests see every put read before them
         }
         match request {
             Request::Ping => {}
             Request::Hello { .. } => return Err(Disconnect::Protocol("hello twice")),
-            Request::Put { item, wait } => {
-                self.queue()?;
-                self.puts_seen += 1;
-                let seq = self.puts_seen;
-                if self.shared.draining.load(Ordering::Relaxed) {
-                    return self.refuse_put(seq, Refusal::ShuttingDown).await;
+            Request::Put { item, wait } => self.put(item, wait).await?,
+            Request::Puts { items } => {
+                for item in items {
+                    self.put(item, true).await?;
                 }
-                if item.len() > self.shared.max_item {
-                    return self.refuse_put(seq, Refusal::TooLarge).await;
-                }
-                if !wait {
-                    // Decided now: behind the puts already read, or not at all.
-                    self.admit_waiting();
-                    let q = self.queue()?.clone();
-                    if !self.waiting.is_empty() {
-                        return self.refuse_put(seq, Refusal::Full).await;
-                    }
-                    return match q.try_admit(item, &self.shared.memory) {
-                        Ok(()) => Ok(()),
-                        Err(_) => self.refuse_put(seq, Refusal::Full).await,
-                    };
-                }
-                // Admitted in a batch after this read, or before the next request that
-                // depends on it.
-                self.waiting_bytes += item.len();
-                self.shared
-                    .memory
-                    .waiting
-                    .fetch_add(item.len(), Ordering::Relaxed);
-                self.waiting.push_back((seq, item));
-                return Ok(());
             }
             Request::Withdraw { seq } => {
                 if let Some(at) = self.waiting.iter().position(|(s, _)| *s == seq) {
@@ -361,6 +341,39 @@ impl Conn {
         Ok(())
     }
 
+    async fn put(&mut self, item: Bytes, wait: bool) -> Result<(), Disconnect> {
+        self.queue()?;
+        self.puts_seen += 1;
+        let seq = self.puts_seen;
+        if self.shared.draining.load(Ordering::Relaxed) {
+            return self.refuse_put(seq, Refusal::ShuttingDown).await;
+        }
+        if item.len() > self.shared.max_item {
+            return self.refuse_put(seq, Refusal::TooLarge).await;
+        }
+        if !wait {
+            // Decided now: behind the puts already read, or not at all.
+            self.admit_waiting();
+            let q = self.queue()?.clone();
+            if !self.waiting.is_empty() {
+                return self.refuse_put(seq, Refusal::Full).await;
+            }
+            return match q.try_admit(item, &self.shared.memory) {
+                Ok(()) => Ok(()),
+                Err(_) => self.refuse_put(seq, Refusal::Full).await,
+            };
+        }
+        // Admitted in a batch after this read, or before the next request that
+        // depends on it.
+        self.waiting_bytes += item.len();
+        self.shared
+            .memory
+            .waiting
+            .fetch_add(item.len(), Ordering::Relaxed);
+        self.waiting.push_back((seq, item));
+        Ok(())
+    }
+
     async fn ack(&mut self, delivery: u64) -> Result<(), Disconnect> {
         let q = self.queue()?.clone();
         self.settles_seen += 1;
@@ -399,7 +412,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Pushes items while there is credit.
+    /// Pushes items while there is credit, as many in one message as the client's frame
+    /// limit allows.
     async fn deliver(&mut self) -> Result<(), Disconnect> {
         let Some(q) = self.queue.clone() else {
             return Ok(());
@@ -413,18 +427,38 @@ impl Conn {
             let deadline = Instant::now() + self.lease;
             self.credits -= batch.len() as u64;
             q.in_flight.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for item in batch.drain(..) {
-                let delivery = self.next_delivery;
-                self.next_delivery += 1;
-                self.unacked.insert(
-                    delivery,
-                    Held {
-                        item: item.clone(),
-                        deadline,
+            let mut items = batch.drain(..).peekable();
+            while items.peek().is_some() {
+                let first = self.next_delivery;
+                let mut message = Vec::new();
+                let mut weight = 16;
+                while let Some(item) = items.next_if(|item| {
+                    message.is_empty() || weight + item.len() + 5 <= self.merge_limit
+                }) {
+                    weight += item.len() + 5;
+                    let delivery = self.next_delivery;
+                    self.next_delivery += 1;
+                    self.unacked.insert(
+                        delivery,
+                        Held {
+                            item: item.clone(),
+                            deadline,
+                        },
+                    );
+                    self.leases.push_back((deadline, delivery));
+                    message.push(item);
+                }
+                let reply = match message.len() {
+                    1 => Reply::Deliver {
+                        delivery: first,
+                        item: message.pop().expect("one"),
                     },
-                );
-                self.leases.push_back((deadline, delivery));
-                self.send(Reply::Deliver { delivery, item }).await?;
+                    _ => Reply::Deliveries {
+                        first,
+                        items: message,
+                    },
+                };
+                self.send(reply).await?;
             }
         }
         Ok(())
