@@ -10,8 +10,9 @@
 //! `procq serve` does), each client on a current-thread one. TLS certificates are made at
 //! start with `rcgen`.
 //!
-//! Environment: `PROCQ_BENCH_REMOTE_ITEMS` (default 100,000: Python's manager does a few
-//! thousand a second here), `PROCQ_BENCH_RUNS` (best of, default 3),
+//! Environment: `PROCQ_BENCH_REMOTE_ITEMS` (default 300,000, enough for every row to reach
+//! its steady state; Python's manager takes about ten seconds a run), `PROCQ_BENCH_RUNS`
+//! (best of, default 3),
 //! `PROCQ_BENCH_PYTHON=0` to skip the Python row. Every row, Python's too, is the best of
 //! the runs.
 
@@ -236,7 +237,7 @@ where
 }
 
 async fn parent() {
-    let n = env_or("PROCQ_BENCH_REMOTE_ITEMS", 100_000);
+    let n = env_or("PROCQ_BENCH_REMOTE_ITEMS", 300_000);
     let runs = env_or("PROCQ_BENCH_RUNS", 3);
     let python = std::env::var("PROCQ_BENCH_PYTHON").map_or(true, |v| v != "0");
     eprintln!("procq remote benchmark: {n} items of 512 B, best of {runs}");

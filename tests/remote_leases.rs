@@ -192,9 +192,12 @@ async fn close_flushes_the_acks_of_get() {
 /// slot and memory come back, and its puts that were never confirmed are not admitted.
 #[tokio::test]
 async fn a_killed_producer_stalled_at_the_memory_cap_is_let_go() {
+    // The killed producer's unsent data holds its FIN back while the server is not
+    // reading: the server's next ping (a quarter of the idle timeout) draws the reset.
     let config = ServerConfig::new(KEY)
         .max_frame(64 * 1024)
-        .connection_memory(1 << 20);
+        .connection_memory(1 << 20)
+        .idle_timeout(Duration::from_secs(1));
     let (server, addr) = start_server(config, 1).await;
     let mut cmd = child_command("stalled-producer");
     cmd.env("ADDR", &addr);

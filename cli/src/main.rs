@@ -275,6 +275,7 @@ async fn serve(args: ServeArgs) -> Result<i32, String> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    server.begin_shutdown();
     tracing::info!(
         grace = ?args.grace,
         "procq: shutting down: no new connections or puts; consumers drain until the grace period ends"

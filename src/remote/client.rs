@@ -434,6 +434,8 @@ struct Client {
     lease: Duration,
     /// Serializes `close`.
     closing: tokio::sync::Semaphore,
+    /// Where items are encoded, 64 KiB at a time.
+    arena: Mutex<bytes::BytesMut>,
 }
 
 impl Client {
@@ -490,6 +492,7 @@ impl Client {
             max_item: opened.max_item,
             lease: opened.lease,
             closing: tokio::sync::Semaphore::new(1),
+            arena: Mutex::new(bytes::BytesMut::new()),
         }
     }
 
@@ -944,10 +947,22 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         self.client.lease
     }
 
+    /// Encodes an item into the connection's encoding buffer: items share its
+    /// allocations, and the copies kept until the server confirms them cost no more.
     fn encode(&self, item: T) -> Result<(Bytes, T), PutError<T>> {
-        let bytes = match postcard::to_stdvec(&item) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(e) => return Err(PutError::new(RemoteError::Encode(e), item)),
+        use bytes::BufMut;
+        let bytes = {
+            let mut arena = self.client.arena.lock().unwrap_or_else(|e| e.into_inner());
+            if arena.capacity() - arena.len() < 1024 {
+                arena.reserve(64 * 1024);
+            }
+            match postcard::to_io(&item, (&mut *arena).writer()) {
+                Ok(_) => arena.split().freeze(),
+                Err(e) => {
+                    arena.clear();
+                    return Err(PutError::new(RemoteError::Encode(e), item));
+                }
+            }
         };
         if bytes.len() as u64 > self.client.max_item {
             let error = RemoteError::TooLarge {

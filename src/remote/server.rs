@@ -137,7 +137,11 @@ impl ServerConfig {
 
     /// A peer that sends nothing (clients ping at a quarter of this while connected),
     /// or does not take what the server writes, for this long is disconnected and its
-    /// deliveries go back to their queue. At least 200 ms.
+    /// deliveries go back to their queue. A producer the server has stopped reading from
+    /// (its puts wait for room) is let go when it hangs up: at once if the kernel says
+    /// so, else when the server's next ping (every quarter of this) draws a reset from
+    /// its host, or, over TCP, when that ping stays unacknowledged for this long. At
+    /// least 200 ms.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
         self
@@ -429,9 +433,19 @@ impl Server {
     ///
     /// Dropping this future stops accepting; connections already accepted go on.
     pub async fn serve_tcp(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        // Data the peer's host does not acknowledge (a dead host, a cut network) for the
+        // idle timeout ends the connection in the kernel, even while the server is not
+        // reading from it.
+        let unacked_limit = self
+            .shared
+            .config
+            .idle_timeout
+            .as_millis()
+            .min(u32::MAX as u128) as u32;
         self.accept_loop(|| async {
             let (stream, peer) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
+            let _ = rustix::net::sockopt::set_tcp_user_timeout(&stream, unacked_limit);
             let probe = Probe::tcp(&stream);
             Ok((stream, peer.to_string(), probe))
         })
@@ -486,6 +500,21 @@ impl Server {
         }
     }
 
+    /// The first step of [`shutdown`](Self::shutdown), at once and without waiting: the
+    /// accept loops return, and every put not yet held is refused with
+    /// [`Refusal::ShuttingDown`]. Consumers go on. Calling it again does nothing.
+    pub fn begin_shutdown(&self) {
+        let shared = &self.shared;
+        shared.draining.store(true, Ordering::SeqCst);
+        shared.phase.send_if_modified(|p| {
+            let was = *p;
+            if was == Phase::Running {
+                *p = Phase::Draining;
+            }
+            was == Phase::Running
+        });
+    }
+
     /// True once [`shutdown`](Self::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shared.phase() != Phase::Running
@@ -507,15 +536,8 @@ impl Server {
     /// Dropping this future after it began leaves the server refusing puts and new
     /// connections, with its queues intact; calling it again resumes.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.begin_shutdown();
         let shared = &self.shared;
-        shared.draining.store(true, Ordering::SeqCst);
-        shared.phase.send_if_modified(|p| {
-            let was = *p;
-            if was == Phase::Running {
-                *p = Phase::Draining;
-            }
-            was == Phase::Running
-        });
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let activity = shared.activity.notified();
