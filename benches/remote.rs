@@ -6,9 +6,10 @@
 //! loopback: this binary re-runs itself with `PROCQ_BENCH_ROLE` naming the part a child
 //! plays. The producer feeds 512-byte encoded items (pipelined, confirmed by `close`), the
 //! consumer `get`s them (acks pipelined, confirmed by `close`); the time runs from the
-//! start signal to the consumer's last get. The server runs on a multi-thread runtime (as
-//! `procq serve` does), each client on a current-thread one. TLS certificates are made at
-//! start with `rcgen`.
+//! start signal to the consumer's last get. Each process runs a current-thread runtime
+//! (the server embedded as in the earlier remote row), except in the row whose server runs
+//! on a multi-thread runtime as `procq serve` does. TLS certificates are made at start
+//! with `rcgen`.
 //!
 //! Environment: `PROCQ_BENCH_REMOTE_ITEMS` (default 300,000, enough for every row to reach
 //! its steady state; Python's manager takes about ten seconds a run), `PROCQ_BENCH_RUNS`
@@ -40,10 +41,11 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    // The server runs as `procq serve` does, on a multi-thread runtime; clients on a
-    // current-thread one.
+    // Every process on a current-thread runtime, except the server of the row that runs
+    // it as `procq serve` does, on a multi-thread runtime.
+    let multi = std::env::var("SERVER_RT").as_deref() == Ok("multi");
     let rt = match std::env::var(ROLE).as_deref() {
-        Ok("server") => tokio::runtime::Builder::new_multi_thread(),
+        Ok("server") if multi => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
@@ -122,8 +124,11 @@ async fn child(role: &str) {
     }
 }
 
-fn child_cmd(role: &str, tls: Option<&Tls>) -> Command {
+fn child_cmd(role: &str, tls: Option<&Tls>, multi: bool) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if multi {
+        cmd.env("SERVER_RT", "multi");
+    }
     cmd.env(ROLE, role)
         .stdout(Stdio::piped())
         .kill_on_drop(true);
@@ -178,18 +183,18 @@ async fn line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout
 
 /// Items per second from a producer client through a procq server (its own process) to
 /// a consumer client, over TCP on loopback.
-async fn procq_remote(n: usize, tls: Option<&Tls>) -> f64 {
-    let mut server = child_cmd("server", tls).spawn().unwrap();
+async fn procq_remote(n: usize, tls: Option<&Tls>, multi: bool) -> f64 {
+    let mut server = child_cmd("server", tls, multi).spawn().unwrap();
     let mut server_out = BufReader::new(server.stdout.take().unwrap()).lines();
     let port = line(&mut server_out).await;
     let addr = format!("localhost:{port}");
-    let mut consumer = child_cmd("consumer", tls)
+    let mut consumer = child_cmd("consumer", tls, false)
         .env("ADDR", &addr)
         .env("COUNT", n.to_string())
         .spawn()
         .unwrap();
     let mut consumer_out = BufReader::new(consumer.stdout.take().unwrap()).lines();
-    let mut producer = child_cmd("producer", tls)
+    let mut producer = child_cmd("producer", tls, false)
         .env("ADDR", &addr)
         .env("COUNT", n.to_string())
         .stdin(Stdio::piped())
@@ -242,8 +247,9 @@ async fn parent() {
     let python = std::env::var("PROCQ_BENCH_PYTHON").map_or(true, |v| v != "0");
     eprintln!("procq remote benchmark: {n} items of 512 B, best of {runs}");
     let tls = Tls::make();
-    let plain = best(runs, || procq_remote(n, None)).await;
-    let over_tls = best(runs, || procq_remote(n, Some(&tls))).await;
+    let plain = best(runs, || procq_remote(n, None, false)).await;
+    let over_tls = best(runs, || procq_remote(n, Some(&tls), false)).await;
+    let multi = best(runs, || procq_remote(n, None, true)).await;
     let theirs = if python {
         best(runs, || python_manager_rate(n)).await
     } else {
@@ -261,6 +267,10 @@ async fn parent() {
     println!(
         "| procq remote queue over TLS (the same, TLS 1.3) | {over_tls:.0} | {:.0}× |",
         over_tls / theirs
+    );
+    println!(
+        "| procq remote queue, server on a multi-thread runtime (as `procq serve`) | {multi:.0} | {:.0}× |",
+        multi / theirs
     );
     println!("| Python BaseManager-served queue.Queue | {theirs:.0} | 1× |");
 }
