@@ -25,6 +25,9 @@ use super::error::Disconnect;
 use super::protocol::{Reply, Request};
 use super::transport::Stream;
 
+/// Bytes a connection reads at most per system call (the read buffer grows beyond only
+/// for a larger frame).
+const READ_BUFFER: usize = 64 * 1024;
 /// Bytes gathered before a write.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -160,7 +163,8 @@ pub(crate) fn split<In: Wire, Out>(
 ) -> (Inbox<In>, Writer<Out>) {
     let parts = session.into_parts();
     let (read, write) = tokio::io::split(parts.io);
-    let mut frames = FramedRead::new(read, MessageCodec::new(parts.codec.max_in()));
+    let mut frames =
+        FramedRead::with_capacity(read, MessageCodec::new(parts.codec.max_in()), READ_BUFFER);
     frames.read_buffer_mut().extend_from_slice(&parts.read_buf);
     let mut writer = FramedWrite::new(write, MessageCodec::new(0));
     writer.set_backpressure_boundary(WRITE_BATCH);
