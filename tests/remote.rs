@@ -372,3 +372,47 @@ async fn queues_are_served_on_unix_sockets_and_a_path_is_only_reused_when_stale(
     procq::remote::bind_unix(&path).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A put whose future is dropped while it waits for room is withdrawn on the server.
+#[tokio::test]
+async fn a_cancelled_put_leaves_nothing_behind() {
+    let (server, addr) = start_server(ServerConfig::new(KEY), 1).await;
+    let q = RemoteQueue::<u64>::connect(&addr, "jobs", KEY)
+        .await
+        .unwrap();
+    q.put(1).await.unwrap();
+    let waiting = tokio::spawn({
+        let q = q.clone();
+        async move { q.put(2).await }
+    });
+    eventually("the put waits on the server", || server.stats().memory > 1).await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    eventually("the put is withdrawn", || server.stats().memory == 1).await;
+    assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), 1);
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(200)).await,
+        Err(RemoteError::Timeout)
+    ));
+    assert_eq!(server.stats().queues[0].puts, 1);
+}
+
+/// With a prefetch of 1 a consumer holds only what it works on: the next item goes to
+/// whichever consumer is free.
+#[tokio::test]
+async fn prefetch_one_shares_work_fairly() {
+    let (_server, addr) = start_server(ServerConfig::new(KEY), 0).await;
+    let fair = ClientOptions::new(KEY).prefetch(1);
+    let a = fair.connect::<u64>(&addr, "jobs").await.unwrap();
+    let b = fair.connect::<u64>(&addr, "jobs").await.unwrap();
+    a.put(1).await.unwrap();
+    let (first, working) = a.get_unacked().await.unwrap();
+    a.put(2).await.unwrap();
+    assert_eq!(
+        b.get_timeout(PATIENCE).await.unwrap(),
+        2,
+        "not kept by busy a"
+    );
+    assert_eq!(first, 1);
+    working.ack().await.unwrap();
+}

@@ -16,7 +16,7 @@ fn child_main() {
 }
 
 async fn play(role: &str) {
-    let addr = std::env::var("ADDR").unwrap();
+    let addr = std::env::var("ADDR").unwrap_or_default();
     match role {
         // Gets one item, acknowledges it, and exits at once.
         "ack-and-exit" => {
@@ -62,6 +62,12 @@ async fn play(role: &str) {
             }
             drop(q);
             report("dropped");
+        }
+        // A server with a queue "jobs", until killed.
+        "server" => {
+            let (_server, addr) = start_server(ServerConfig::new(KEY), 0).await;
+            report(addr);
+            std::future::pending::<()>().await;
         }
         other => panic!("unknown role {other}"),
     }
@@ -287,4 +293,32 @@ async fn a_handle_dropped_with_unconfirmed_puts_says_so() {
         said.contains("procq: remote queue \"jobs\" dropped with") && said.contains("close()"),
         "{said}"
     );
+}
+
+/// Every wait on the server has a bound: a server that stops answering (SIGSTOP) turns
+/// an ack, a flush and a len into `Timeout`, not a hang.
+#[tokio::test]
+async fn a_server_that_stops_answering_is_a_timeout() {
+    let mut server = Kid::spawn(child_command("server"));
+    let addr = server.report().await;
+    let q = ClientOptions::new(KEY)
+        .request_timeout(Duration::from_millis(300))
+        .connect::<u64>(&addr, "jobs")
+        .await
+        .unwrap();
+    q.put(1).await.unwrap();
+    let (_, delivery) = q.get_unacked().await.unwrap();
+    let pid = rustix::process::Pid::from_raw(server.child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    assert!(matches!(delivery.ack().await, Err(RemoteError::Timeout)));
+    assert!(matches!(q.len().await, Err(RemoteError::Timeout)));
+    q.feed(2).await.unwrap();
+    let flushed = q
+        .flush_timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(flushed.error(), RemoteError::Timeout), "{flushed}");
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    q.flush().await.unwrap(); // it answers again: the fed item is held
+    server.kill().await;
 }
