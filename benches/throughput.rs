@@ -6,7 +6,7 @@
 //!
 //! Environment: `PROCQ_BENCH_ITEMS` (default 1,000,000), `PROCQ_BENCH_RUNS` (best of, default
 //! 3), `PROCQ_BENCH_PYTHON=0` to skip the Python rows. For the measurements quoted in the
-//! code and README: `PROCQ_BENCH_ONLY` (`1`, `tokio`, `queue`, `remote` or `ping`: one part
+//! code and README: `PROCQ_BENCH_ONLY` (`1`, `tokio`, `queue` or `ping`: one part
 //! only) and, for the channel row, `PROCQ_BENCH_DATAGRAM`, `PROCQ_BENCH_BUFFER`,
 //! `PROCQ_BENCH_BATCH` (its `Options`).
 
@@ -20,7 +20,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const ROLE: &str = "PROCQ_BENCH_ROLE";
-const REMOTE_KEY: &[u8] = b"procq-bench";
 /// Payload bytes so that the postcard encoding (2-byte length varint + bytes) is 512 B.
 const PAYLOAD: usize = 510;
 const PING_ROUNDS: usize = 20_000;
@@ -172,40 +171,6 @@ async fn child(role: &str) {
             }
             say(format!("done {got}"));
         }
-        "remote-server" => {
-            let server = procq::remote::Server::new(procq::remote::ServerConfig::new(REMOTE_KEY));
-            server.declare("bench", 0);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            say(listener.local_addr().unwrap());
-            server.serve_tcp(listener).await.unwrap();
-        }
-        "remote-producer" => {
-            let addr = std::env::var("ADDR").unwrap();
-            let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
-            let q = procq::remote::RemoteQueue::<Item>::connect(&addr, "bench", REMOTE_KEY)
-                .await
-                .unwrap();
-            let it = item();
-            say("ready");
-            let mut go = String::new();
-            std::io::stdin().read_line(&mut go).unwrap();
-            for _ in 0..count {
-                q.feed(&it).await.unwrap();
-            }
-            q.flush().await.unwrap();
-        }
-        "remote-consumer" => {
-            let addr = std::env::var("ADDR").unwrap();
-            let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
-            let q = procq::remote::RemoteQueue::<Item>::connect(&addr, "bench", REMOTE_KEY)
-                .await
-                .unwrap();
-            say("ready");
-            for _ in 0..count {
-                q.get().await.unwrap();
-            }
-            say("done");
-        }
         other => panic!("unknown role {other}"),
     }
     let _ = n;
@@ -283,10 +248,6 @@ async fn parent() {
         .unwrap_or(true);
     eprintln!("procq throughput benchmark: {n} items of 512 B, best of {runs}");
 
-    if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("remote") {
-        println!("remote {}", procq_remote(n / 10).await);
-        return;
-    }
     if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("ping") {
         print_latency(runs).await;
         return;
@@ -375,23 +336,6 @@ async fn parent() {
             );
         }
     }
-
-    // Remote rows: fewer items, since Python's manager does about 8,000 a second here.
-    let remote_n = n / 10;
-    let ours = best(runs, || procq_remote(remote_n)).await;
-    let theirs = if python {
-        python_manager_rate(remote_n).await
-    } else {
-        f64::NAN
-    };
-    println!();
-    println!("| remote, 512 B items, producer → server → consumer (TCP loopback, {remote_n} items) | items/s | × Python |");
-    println!("|---|---:|---:|");
-    println!(
-        "| procq remote queue (pipelined puts, pushed gets, ack per item) | {ours:.0} | {:.0}× |",
-        ours / theirs
-    );
-    println!("| Python BaseManager-served queue.Queue | {theirs:.0} | 1× |");
 
     print_latency(runs).await;
 }
@@ -502,54 +446,6 @@ async fn tokio_throughput(n: usize) -> f64 {
     assert_eq!(got, n);
     kid.finish().await;
     n as f64 / elapsed.as_secs_f64()
-}
-
-/// Items per second from a producer client through a procq server (its own process) to
-/// a consumer client, over TCP on loopback.
-async fn procq_remote(n: usize) -> f64 {
-    let mut server = Kid::spawn(child_cmd("remote-server"));
-    let addr = server.line().await;
-    let mut consumer = {
-        let mut cmd = child_cmd("remote-consumer");
-        cmd.env("ADDR", &addr).env("COUNT", n.to_string());
-        Kid::spawn(cmd)
-    };
-    let mut producer_cmd = child_cmd("remote-producer");
-    producer_cmd
-        .env("ADDR", &addr)
-        .env("COUNT", n.to_string())
-        .stdin(Stdio::piped());
-    let mut producer_child = producer_cmd.spawn().unwrap();
-    let mut go = producer_child.stdin.take().unwrap();
-    let out = producer_child.stdout.take().unwrap();
-    let mut producer_lines = BufReader::new(out).lines();
-    assert_eq!(producer_lines.next_line().await.unwrap().unwrap(), "ready");
-    assert_eq!(consumer.line().await, "ready");
-    let start = Instant::now();
-    tokio::io::AsyncWriteExt::write_all(&mut go, b"go\n")
-        .await
-        .unwrap();
-    assert_eq!(consumer.line().await, "done");
-    let elapsed = start.elapsed();
-    let _ = producer_child.wait().await;
-    consumer.finish().await;
-    let _ = server.child.kill().await;
-    n as f64 / elapsed.as_secs_f64()
-}
-
-async fn python_manager_rate(n: usize) -> f64 {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mp_manager.py");
-    let out = Command::new("python3")
-        .args([script, &n.to_string()])
-        .output()
-        .await
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 /// Items per second through a procq queue from `p` producer processes to `c` consumer

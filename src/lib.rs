@@ -124,9 +124,7 @@ pub struct ReadmeDoctests;
 /// of the API.
 #[doc(hidden)]
 pub fn __fuzz_decode_stream(data: &[u8]) {
-    let decoder = remote::frame::Decoder::new(64 * 1024);
-    let mut buf = bytes::BytesMut::from(data);
-    while let Ok(Some(_)) = decoder.decode(&mut buf) {}
+    remote::fuzz_decode_stream(data);
 }
 
 /// Decodes one datagram as a receiver would: for fuzzing the decoder. Not part of the API.

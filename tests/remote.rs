@@ -1,20 +1,20 @@
-//! Remote queues: a server embedded in the test process, clients in it and in child
-//! processes, over TCP on loopback.
+//! Remote queues: the API through a real server on loopback, clients in this process and
+//! in child processes; hostile input from a foreign client.
 
-mod common;
+mod remote_common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{child_command, report, Kid, PATIENCE};
-use procq::remote::{RemoteQueue, Server, ServerConfig};
+use procq::remote::protocol::{Refusal, Reply, Request};
+use procq::remote::{ClientOptions, RemoteQueue, Server, ServerConfig};
 use procq::RemoteError;
-
-const KEY: &[u8] = b"test key";
+use remote_common::*;
+use tokio::io::AsyncWriteExt;
 
 #[test]
 fn child_main() {
-    common::run_child(|role| async move { play(&role).await });
+    run_child(|role| async move { play(&role).await });
 }
 
 async fn play(role: &str) {
@@ -35,19 +35,9 @@ async fn play(role: &str) {
     }
 }
 
-async fn start_server(config: ServerConfig) -> (Server, String) {
-    let server = Server::new(config);
-    server.declare("jobs", 0);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let serving = server.clone();
-    tokio::spawn(async move { serving.serve_tcp(listener).await });
-    (server, addr)
-}
-
 #[tokio::test]
-async fn put_get_len_and_join_through_the_server() {
-    let (_server, addr) = start_server(ServerConfig::new(KEY)).await;
+async fn put_get_len_task_done_and_join_through_the_server() {
+    let (_server, addr) = start_server(ServerConfig::new(KEY), 0).await;
     let producer = RemoteQueue::<String>::connect(&addr, "jobs", KEY)
         .await
         .unwrap();
@@ -55,7 +45,7 @@ async fn put_get_len_and_join_through_the_server() {
         .await
         .unwrap();
     for i in 0..100 {
-        producer.feed(&format!("job {i}")).await.unwrap();
+        producer.feed(format!("job {i}")).await.unwrap();
     }
     producer.flush().await.unwrap();
     assert_eq!(producer.len().await.unwrap(), 100);
@@ -67,9 +57,7 @@ async fn put_get_len_and_join_through_the_server() {
         consumer.task_done().await.unwrap();
     }
     producer.join_timeout(PATIENCE).await.unwrap();
-    let seq = producer.try_put(&"one more".to_string()).unwrap();
-    assert_eq!(seq, 101);
-    producer.flush().await.unwrap();
+    producer.put("one more".to_string()).await.unwrap();
     assert!(matches!(
         producer.join_timeout(Duration::from_millis(50)).await,
         Err(RemoteError::Timeout)
@@ -78,36 +66,152 @@ async fn put_get_len_and_join_through_the_server() {
     consumer.task_done().await.unwrap();
     assert!(matches!(
         consumer.task_done().await,
-        Err(RemoteError::Server(_))
+        Err(RemoteError::Refused(Refusal::TaskDoneMisuse))
     ));
     assert!(matches!(
         consumer.get_timeout(Duration::from_millis(50)).await,
         Err(RemoteError::Timeout)
     ));
+    producer.close().await.unwrap();
+    consumer.close().await.unwrap();
+    assert!(matches!(
+        consumer.len().await,
+        Err(RemoteError::Disconnected(
+            procq::remote::Disconnect::ClosedHere
+        ))
+    ));
 }
 
 #[tokio::test]
-async fn a_wrong_key_or_unknown_queue_is_a_clear_error() {
-    let (_server, addr) = start_server(ServerConfig::new(KEY)).await;
+async fn errors_are_typed_codes() {
+    let (_server, addr) = start_server(ServerConfig::new(KEY), 1).await;
     let err = RemoteQueue::<u8>::connect(&addr, "jobs", b"wrong")
         .await
-        .err()
-        .unwrap();
+        .unwrap_err();
     assert!(
         matches!(err, RemoteError::Auth(procq::AuthError::Rejected)),
         "{err}"
     );
     let err = RemoteQueue::<u8>::connect(&addr, "nope", KEY)
         .await
-        .err()
+        .unwrap_err();
+    assert!(
+        matches!(err, RemoteError::Refused(Refusal::UnknownQueue)),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "refused: no such queue");
+    let q = RemoteQueue::<u8>::connect(&addr, "jobs", KEY)
+        .await
         .unwrap();
-    assert_eq!(err.to_string(), "server: no queue named \"nope\"");
+    assert_eq!(q.maxsize(), Some(1));
+    q.try_put(1).await.unwrap();
+    let full = q.try_put(2).await.unwrap_err();
+    assert!(
+        matches!(full.error(), RemoteError::Refused(Refusal::Full)),
+        "{full}"
+    );
+    assert_eq!(full.into_inner(), 2, "the item comes back");
+    let timed_out = q
+        .put_timeout(3, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(timed_out.error(), RemoteError::Timeout));
+    // The withdrawn put is gone from the server: after one get, only item 1 was there.
+    assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), 1);
+    assert_eq!(q.len().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_key_is_trimmed_by_one_rule_and_never_printed() {
+    let (_server, addr) = start_server(ServerConfig::new("test key\n"), 0).await;
+    let q = RemoteQueue::<u8>::connect(&addr, "jobs", "test key \r\n")
+        .await
+        .unwrap();
+    assert!(!format!("{q:?}").contains("test key"));
+    assert!(!format!("{:?}", ServerConfig::new("test key")).contains("test key"));
+    assert!(!format!("{:?}", ClientOptions::new("test key")).contains("test key"));
+    q.put(1).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_config_values_are_rejected_at_construction() {
+    for config in [
+        ServerConfig::new(KEY).connection_memory(0),
+        ServerConfig::new(""),
+        ServerConfig::new(KEY).max_connections(0),
+        ServerConfig::new(KEY).idle_timeout(Duration::ZERO),
+        ServerConfig::new(KEY).max_frame(10),
+        ServerConfig::new(KEY).lease(Duration::ZERO),
+        ServerConfig::new(KEY).memory_limit(1),
+    ] {
+        assert!(Server::new(config).is_err());
+    }
+    let (_server, addr) = start_server(ServerConfig::new(KEY), 0).await;
+    let err = ClientOptions::new(KEY)
+        .prefetch(0)
+        .connect::<u8>(&addr, "jobs")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::InvalidOptions(_)), "{err}");
+}
+
+/// Several tasks share clones of one handle: every item reaches exactly one of them, on
+/// both runtime flavors, and all see the end.
+async fn many_tasks_share_one_handle() {
+    let (server, addr) = start_server(ServerConfig::new(KEY), 0).await;
+    let q = RemoteQueue::<u64>::connect(&addr, "jobs", KEY)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(item) = q.get().await {
+                got.push(item);
+            }
+            got
+        }));
+    }
+    let producers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                for i in 0..1000 {
+                    q.put(p * 1000 + i).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.await.unwrap();
+    }
+    eventually("all acked", || server.stats().queues[0].acks == 4000).await;
+    let report = server.shutdown(Duration::from_secs(1)).await;
+    assert!(report.is_clean(), "{report}");
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for item in tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap() {
+            assert!(seen.insert(item), "{item} twice");
+        }
+    }
+    assert_eq!(seen.len(), 4000);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn many_tasks_share_one_handle_current_thread() {
+    many_tasks_share_one_handle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_share_one_handle_multi_thread() {
+    many_tasks_share_one_handle().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumers_unacknowledged_items_go_to_the_others() {
-    const ITEMS: u64 = 100_000;
-    let (server, addr) = start_server(ServerConfig::new(KEY)).await;
+    const ITEMS: u64 = 20_000;
+    let (server, addr) = start_server(ServerConfig::new(KEY), 0).await;
     let spawn = || {
         let mut cmd = child_command("consumer");
         cmd.env("ADDR", &addr);
@@ -119,57 +223,36 @@ async fn a_killed_consumers_unacknowledged_items_go_to_the_others() {
         .await
         .unwrap();
     for i in 0..ITEMS {
-        producer.feed(&i).await.unwrap();
+        producer.feed(i).await.unwrap();
     }
     producer.flush().await.unwrap();
-    // Let the victim take some, then kill it mid-stream.
     let mut seen = HashSet::new();
-    for _ in 0..1000 {
+    for _ in 0..500 {
         seen.insert(victim.report().await.parse::<u64>().unwrap());
     }
-    victim.kill().await;
-    // Whatever the victim reported before dying may have reached its ack or not; the
-    // rest must all come through the survivor.
+    victim.kill().await; // SIGKILL mid-stream
     while let Some(line) = victim.report_within(Duration::from_millis(100)).await {
         seen.insert(line.parse().unwrap());
     }
     while seen.len() < ITEMS as usize {
-        let line = survivor.report().await;
-        seen.insert(line.parse().unwrap());
+        seen.insert(survivor.report().await.parse().unwrap());
     }
     survivor.kill().await;
-    let stats = server.stats();
-    let jobs = stats.iter().find(|s| s.name == "jobs").unwrap();
+    let jobs = &server.stats().queues[0];
     eprintln!(
         "redeliveries after killing a consumer: {}",
         jobs.redeliveries
     );
     assert!(jobs.redeliveries > 0, "the victim held prefetched items");
-    assert_eq!(seen.len() as u64, ITEMS);
-}
-
-async fn raw_authenticated(addr: &str) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    procq::remote::auth::client(&mut stream, KEY).await.unwrap();
-    stream
-}
-
-/// Reads until the server closes the connection; fails the test if it does not.
-async fn closed_by_server(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncReadExt;
-    let mut sink = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut sink)).await;
-    assert!(closed.is_ok(), "the server kept a bad connection open");
 }
 
 #[tokio::test]
 async fn hostile_input_closes_that_connection_only() {
-    use tokio::io::AsyncWriteExt;
-    let (server, addr) = start_server(ServerConfig::new(KEY).max_frame(1024 * 1024)).await;
+    let (server, addr) = start_server(ServerConfig::new(KEY).max_frame(1 << 20), 0).await;
     let good = RemoteQueue::<u32>::connect(&addr, "jobs", KEY)
         .await
         .unwrap();
-    good.put(&1).await.unwrap();
+    good.put(1).await.unwrap();
 
     // Garbage instead of a handshake.
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -177,119 +260,159 @@ async fn hostile_input_closes_that_connection_only() {
         .write_all(b"\x00\x00\x00\x05hello, is this a queue?")
         .await;
     closed_by_server(s).await;
-    // A frame that claims 4 GiB.
-    let mut s = raw_authenticated(&addr).await;
-    s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    // A frame that claims 4 GiB, after authenticating.
+    let mut s = raw_client(&addr, Some("jobs")).await;
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     closed_by_server(s).await;
     // A well-sized frame of garbage.
-    let mut s = raw_authenticated(&addr).await;
-    s.write_all(&[
-        9, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    ])
-    .await
-    .unwrap();
+    let mut s = raw_client(&addr, Some("jobs")).await;
+    write_frame(&mut s, &[0xff; 9]).await;
     closed_by_server(s).await;
-    // A put before opening a queue.
-    let mut s = raw_authenticated(&addr).await;
-    let mut frame = bytes::BytesMut::new();
-    let put = procq::remote::protocol::Request::Put {
+    // A put with trailing bytes.
+    let mut s = raw_client(&addr, Some("jobs")).await;
+    let mut put = postcard::to_stdvec(&Request::Put {
         item: bytes::Bytes::from_static(b"x"),
-    };
-    procq::remote::frame::encode(1, &procq::remote::protocol::encode(&put), &mut frame);
-    s.write_all(&frame).await.unwrap();
+        wait: true,
+    })
+    .unwrap();
+    put.push(0);
+    write_frame(&mut s, &put).await;
     closed_by_server(s).await;
+    // A put on a statistics-only connection (no queue open).
+    let mut s = raw_client(&addr, None).await;
+    send(
+        &mut s,
+        &Request::Put {
+            item: bytes::Bytes::from_static(b"x"),
+            wait: true,
+        },
+    )
+    .await;
+    closed_by_server(s).await;
+    // A hello with a name that is too long, or has control characters.
+    for name in ["x".repeat(16 << 10), "\x1b[2Jjobs".to_string()] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        handshake(&mut s, KEY).await;
+        send(
+            &mut s,
+            &Request::Hello {
+                version: 2,
+                queue: Some(name),
+                max_frame: 1 << 26,
+                lease_ms: None,
+            },
+        )
+        .await;
+        assert_eq!(
+            recv(&mut s).await.unwrap(),
+            Reply::Refused {
+                code: Refusal::InvalidName
+            }
+        );
+        closed_by_server(s).await;
+    }
     // A truncated frame, then the client hangs up.
-    let mut s = raw_authenticated(&addr).await;
-    s.write_all(&[200, 0, 0, 0, 1, 2, 3]).await.unwrap();
+    let mut s = raw_client(&addr, Some("jobs")).await;
+    s.write_all(&[0, 0, 0, 200, 1, 2, 3]).await.unwrap();
     drop(s);
 
-    // The good client never noticed, and the queue holds exactly its item.
-    good.put(&2).await.unwrap();
+    // The good client never noticed, and the queue holds exactly its items.
+    good.put(2).await.unwrap();
     assert_eq!(good.get_timeout(PATIENCE).await.unwrap(), 1);
     assert_eq!(good.get_timeout(PATIENCE).await.unwrap(), 2);
-    let jobs = server
-        .stats()
-        .into_iter()
-        .find(|s| s.name == "jobs")
-        .unwrap();
-    assert_eq!(jobs.puts, 2);
+    assert_eq!(server.stats().queues[0].puts, 2);
+    assert!(RemoteQueue::<u8>::connect(&addr, "bad name", KEY)
+        .await
+        .is_err());
+    assert!(server.declare("bell\x07", 0).is_err());
 }
 
 #[tokio::test]
-async fn an_oversize_item_is_refused_and_closes_the_connection() {
-    let (_server, addr) = start_server(ServerConfig::new(KEY).max_frame(64 * 1024)).await;
+async fn an_oversize_item_is_refused_before_sending_and_the_connection_stays() {
+    let (_server, addr) = start_server(ServerConfig::new(KEY).max_frame(64 * 1024), 0).await;
     let q = RemoteQueue::<Vec<u8>>::connect(&addr, "jobs", KEY)
         .await
         .unwrap();
-    let err = q
-        .put_timeout(&vec![0u8; 100_000], PATIENCE)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RemoteError::Disconnected(_)), "{err}");
-    let q = q.reconnect().await.unwrap();
-    q.put(&vec![1u8; 1000]).await.unwrap();
+    let err = q.put(vec![0u8; 100_000]).await.unwrap_err();
+    assert!(matches!(err.error(), RemoteError::TooLarge { .. }), "{err}");
+    assert_eq!(err.into_inner().len(), 100_000);
+    q.put(vec![1u8; 1000]).await.unwrap();
 }
 
 #[tokio::test]
-async fn queues_are_served_on_unix_sockets_too() {
-    let dir = std::env::temp_dir().join(format!("procq-test-{}", std::process::id()));
+async fn queues_are_served_on_unix_sockets_and_a_path_is_only_reused_when_stale() {
+    let dir = std::env::temp_dir().join(format!("procq-remote-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("server.sock");
-    let server = Server::new(ServerConfig::new(KEY).create_on_use(true));
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    // A regular file there is never removed.
+    std::fs::write(&path, b"precious").unwrap();
+    let err = procq::remote::bind_unix(&path).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    std::fs::remove_file(&path).unwrap();
+
+    let server = Server::new(ServerConfig::new(KEY).create_on_use(true)).unwrap();
+    let listener = procq::remote::bind_unix(&path).unwrap();
+    // A second server on the same path does not steal the live socket.
+    let err = procq::remote::bind_unix(&path).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     let serving = server.clone();
-    tokio::spawn(async move { serving.serve_unix(listener).await });
+    let task = tokio::spawn(async move { serving.serve_unix(listener).await });
     let addr = format!("unix:{}", path.display());
     let q = RemoteQueue::<String>::connect(&addr, "made-on-use", KEY)
         .await
         .unwrap();
-    q.put(&"over a unix socket".to_string()).await.unwrap();
+    q.put("over a unix socket".to_string()).await.unwrap();
     assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), "over a unix socket");
     let stats = procq::remote::server_stats(&addr, KEY).await.unwrap();
-    assert_eq!(stats[0].name, "made-on-use");
-    server.shutdown();
-    drop(q);
+    assert_eq!(stats.queues[0].name, "made-on-use");
+    q.close().await.unwrap();
+    assert!(server.shutdown(Duration::from_secs(1)).await.is_clean());
+    task.await.unwrap().unwrap(); // the listener is dropped: the socket is stale now
+    procq::remote::bind_unix(&path).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_idle_connections_do_not_slow_an_active_client() {
-    // Room for 1,000 connections' descriptors on both ends.
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let want = 4096.min(limit.maximum.unwrap_or(4096));
-    if limit.current.unwrap_or(0) < want {
-        let raised = rustix::process::Rlimit {
-            current: Some(want),
-            maximum: limit.maximum,
-        };
-        rustix::process::setrlimit(rustix::process::Resource::Nofile, raised).unwrap();
-    }
-    let (_server, addr) = start_server(ServerConfig::new(KEY)).await;
+/// A put whose future is dropped while it waits for room is withdrawn on the server.
+#[tokio::test]
+async fn a_cancelled_put_leaves_nothing_behind() {
+    let (server, addr) = start_server(ServerConfig::new(KEY), 1).await;
     let q = RemoteQueue::<u64>::connect(&addr, "jobs", KEY)
         .await
         .unwrap();
-    async fn round(q: &RemoteQueue<u64>) -> Duration {
-        let start = std::time::Instant::now();
-        for i in 0..20_000 {
-            q.feed(&i).await.unwrap();
-        }
-        q.flush().await.unwrap();
-        for _ in 0..20_000 {
-            q.get().await.unwrap();
-        }
-        start.elapsed()
-    }
-    round(&q).await; // warm up
-    let alone = round(&q).await;
-    let mut idle = Vec::new();
-    for _ in 0..1000 {
-        idle.push(raw_authenticated(&addr).await);
-    }
-    let crowded = round(&q).await;
-    eprintln!("20,000 puts and gets: {alone:?} alone, {crowded:?} beside 1,000 idle connections");
-    assert!(
-        crowded < alone * 3,
-        "{alone:?} alone, {crowded:?} with 1,000 idle connections"
+    q.put(1).await.unwrap();
+    let waiting = tokio::spawn({
+        let q = q.clone();
+        async move { q.put(2).await }
+    });
+    eventually("the put waits on the server", || server.stats().memory > 1).await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    eventually("the put is withdrawn", || server.stats().memory == 1).await;
+    assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), 1);
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(200)).await,
+        Err(RemoteError::Timeout)
+    ));
+    assert_eq!(server.stats().queues[0].puts, 1);
+}
+
+/// With a prefetch of 1 a consumer holds only what it works on: the next item goes to
+/// whichever consumer is free.
+#[tokio::test]
+async fn prefetch_one_shares_work_fairly() {
+    let (_server, addr) = start_server(ServerConfig::new(KEY), 0).await;
+    let fair = ClientOptions::new(KEY).prefetch(1);
+    let a = fair.connect::<u64>(&addr, "jobs").await.unwrap();
+    let b = fair.connect::<u64>(&addr, "jobs").await.unwrap();
+    a.put(1).await.unwrap();
+    let (first, working) = a.get_unacked().await.unwrap();
+    a.put(2).await.unwrap();
+    assert_eq!(
+        b.get_timeout(PATIENCE).await.unwrap(),
+        2,
+        "not kept by busy a"
     );
-    drop(idle);
+    assert_eq!(first, 1);
+    working.ack().await.unwrap();
 }

@@ -1,545 +1,1588 @@
 //! The typed client of a remote queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+use tokio_rustls::rustls;
+use tokio_util::sync::CancellationToken;
 
-use super::auth;
-use super::error::RemoteError;
-use super::frame::{self, Decoder};
-use super::protocol::{self, QueueStats, Reply, Request};
+use super::error::{Disconnect, FlushError, PutError, RemoteError};
+use super::link::{self, Inbox};
+use super::protocol::{self, Refusal, Reply, Request, ServerStats, ENVELOPE, VERSION};
+use super::{auth, transport, trim_key};
 
-/// How many items a consumer lets the server push ahead of its `get`s.
-const DEFAULT_PREFETCH: u32 = 256;
-/// How many puts may be unacknowledged before `feed` waits.
-const DEFAULT_WINDOW: u64 = 4096;
-/// The largest frame a client accepts from the server.
-const MAX_FRAME: usize = 64 * 1024 * 1024;
-
-/// A queue on a [`Server`](super::server::Server), used from this process with the local
-/// queue's methods.
+/// How a client connects: the key, TLS, and its limits and timeouts.
 ///
-/// Puts are pipelined: [`feed`](Self::feed) returns once the item is on its way (at most
-/// a window of unacknowledged puts), [`flush`](Self::flush) waits until the server holds
-/// every item fed, and [`put`](Self::put) does both for one item. Gets are pushed by the
-/// server against credit (a prefetch window), and each item stays the server's until it
-/// is acknowledged: [`get`](Self::get) acknowledges on return; [`get_unacked`](Self::get_unacked)
-/// leaves that to the caller, so a consumer that dies mid-task gives its task back.
+/// `Debug` never shows the key.
 ///
-/// A broken connection is an error value from every call, never a hang; connect again to
-/// continue.
-pub struct RemoteQueue<T> {
-    client: Arc<Client>,
-    _item: PhantomData<fn(T) -> T>,
-}
-
-struct Client {
-    requests: mpsc::Sender<Request>,
-    /// Serializes puts so their numbering matches the order the server sees.
-    put_order: tokio::sync::Mutex<u64>,
-    acked: watch::Receiver<u64>,
-    /// Set once the connection is gone, with the reason.
-    broken: watch::Receiver<Option<String>>,
-    deliveries: tokio::sync::Mutex<mpsc::UnboundedReceiver<(u64, Bytes)>>,
-    /// Credit granted and not yet used by a delivery.
-    credit: AtomicU64,
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = procq::remote::Server::new(procq::remote::ServerConfig::new("key"))?;
+/// # server.declare("jobs", 0)?;
+/// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// # let addr = listener.local_addr()?.to_string();
+/// # tokio::spawn({ let server = server.clone(); async move { server.serve_tcp(listener).await } });
+/// use procq::remote::ClientOptions;
+/// use std::time::Duration;
+///
+/// // One job at a time per worker (fair), each leased for ten minutes.
+/// let jobs = ClientOptions::new("key")
+///     .prefetch(1)
+///     .lease(Duration::from_secs(600))
+///     .connect::<String>(&addr, "jobs")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClientOptions {
+    key: Vec<u8>,
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
     prefetch: u32,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
-    next_req: AtomicU64,
-    maxsize: u64,
-    /// Address, queue name and key, for `reconnect`.
-    target: (String, String, Vec<u8>),
+    window: u64,
+    window_bytes: usize,
+    max_frame: u64,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    lease: Option<Duration>,
 }
 
-/// An item got with [`RemoteQueue::get_unacked`]: the server keeps it (and gives it to
-/// another consumer if this connection ends) until [`ack`](Self::ack) is called.
-#[must_use = "an unacknowledged delivery goes back to the queue when the connection ends"]
-pub struct Delivery {
-    client: Arc<Client>,
-    id: u64,
-}
-
-impl Delivery {
-    /// Tells the server this item is done with.
-    pub async fn ack(self) -> Result<(), RemoteError> {
-        self.client
-            .request(Request::Ack { delivery: self.id })
-            .await
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("key", &"<redacted>")
+            .field("tls", &self.tls.as_ref().map(|(_, name)| name))
+            .field("prefetch", &self.prefetch)
+            .field("window", &self.window)
+            .field("window_bytes", &self.window_bytes)
+            .field("max_frame", &self.max_frame)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("lease", &self.lease)
+            .finish()
     }
 }
 
-impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
-    /// Connects to the server at `addr` (`host:port`, or `unix:/path/to/socket`),
-    /// authenticates with `key` and opens the queue `name`. Fails with
-    /// [`RemoteError::Auth`] on a key mismatch and [`RemoteError::Server`] for an unknown
-    /// queue; gives up after 10 seconds.
-    pub async fn connect(addr: &str, name: &str, key: &[u8]) -> Result<Self, RemoteError> {
-        let connecting = async {
-            if let Some(path) = addr.strip_prefix("unix:") {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Self::over(stream, addr, name, key).await
-            } else {
-                let stream = tokio::net::TcpStream::connect(addr).await?;
-                let _ = stream.set_nodelay(true);
-                Self::over(stream, addr, name, key).await
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(10), connecting).await {
-            Ok(result) => result,
-            Err(_) => Err(RemoteError::Timeout),
+impl ClientOptions {
+    /// Options with the shared `key` (trailing ASCII whitespace removed, see
+    /// [`trim_key`](super::trim_key)) and the defaults: no TLS, a prefetch of 256, up to
+    /// 4,096 puts or 8 MiB unconfirmed, frames up to 64 MiB, 10 s to connect, 30 s for
+    /// the server to answer a request, the server's lease.
+    pub fn new(key: impl AsRef<[u8]>) -> Self {
+        ClientOptions {
+            key: trim_key(key.as_ref()).to_vec(),
+            tls: None,
+            prefetch: 1024,
+            window: 4096,
+            window_bytes: 8 * 1024 * 1024,
+            max_frame: 64 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            lease: None,
         }
     }
 
-    async fn over<S>(mut stream: S, addr: &str, name: &str, key: &[u8]) -> Result<Self, RemoteError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        auth::client(&mut stream, key).await?;
-        let (mut reader, writer) = tokio::io::split(stream);
-        let (requests, outgoing) = mpsc::channel(4096);
-        tokio::spawn(write_requests(writer, outgoing));
-        let decoder = Decoder::new(MAX_FRAME);
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        requests
-            .send(Request::Open {
-                queue: name.to_string(),
-            })
-            .await
-            .map_err(|_| RemoteError::Disconnected("writer stopped".into()))?;
-        let maxsize = loop {
-            if let Some(frame) = decoder
-                .decode(&mut buf)
-                .map_err(|e| RemoteError::Protocol(e.to_string()))?
-            {
-                match protocol::decode::<Reply>(&frame.body) {
-                    Some(Reply::Opened { maxsize }) => break maxsize,
-                    Some(Reply::Error { message, .. }) => return Err(RemoteError::Server(message)),
-                    _ => return Err(RemoteError::Protocol("expected the queue to open".into())),
-                }
-            }
-            if reader.read_buf(&mut buf).await? == 0 {
-                return Err(RemoteError::Disconnected(
-                    "server closed the connection".into(),
-                ));
-            }
-        };
-        let (acked_tx, acked) = watch::channel(0);
-        let (broken_tx, broken) = watch::channel(None);
-        let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
-        let replies = pending.clone();
-        tokio::spawn(async move {
-            let reason = read_replies(
-                reader,
-                buf,
-                decoder,
-                acked_tx,
-                deliveries_tx,
-                replies.clone(),
-            )
-            .await;
-            replies.lock().unwrap_or_else(|e| e.into_inner()).clear();
-            let _ = broken_tx.send(Some(reason));
-        });
+    /// Speak TLS with this rustls configuration (see
+    /// [`tls::client_config`](super::tls::client_config)), expecting a certificate for
+    /// `server_name`.
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>, server_name: &str) -> Self {
+        self.tls = Some((config, server_name.to_string()));
+        self
+    }
+
+    /// How many items the server may push ahead of this consumer's gets (its credit).
+    /// 1 is the fair setting: a consumer holds only the item it works on, so items go to
+    /// whichever consumer is free. Larger values are faster. At least 1.
+    pub fn prefetch(mut self, n: u32) -> Self {
+        self.prefetch = n;
+        self
+    }
+
+    /// How many puts, and how many bytes of them, may be sent and not yet confirmed
+    /// before [`feed`](RemoteQueue::feed) waits.
+    pub fn put_window(mut self, puts: u64, bytes: usize) -> Self {
+        self.window = puts;
+        self.window_bytes = bytes;
+        self
+    }
+
+    /// The largest frame this client accepts. A server whose limit is above it refuses
+    /// the connection ([`Refusal::FrameLimit`]), since it could hold items this client
+    /// cannot receive.
+    pub fn max_frame(mut self, bytes: u64) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// How long connecting may take: TCP, TLS, the handshake and opening the queue.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long to wait for the server's answer to a request that needs no waiting on
+    /// its side: an ack, a keep-alive, `len`, `task_done`, `try_put`, `stats`, and what
+    /// [`close`](RemoteQueue::close) waits for.
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// The lease to ask for: how long each delivery stays with this consumer without an
+    /// acknowledgement (or [`Delivery::keep_alive`]) before it goes back to the queue.
+    /// At least 10 ms; by default the server's.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = Some(d);
+        self
+    }
+
+    fn check(&self) -> Result<(), RemoteError> {
+        let fail = |what| Err(RemoteError::InvalidOptions(what));
+        if self.key.is_empty() {
+            return fail("the key is empty");
+        }
+        if self.prefetch == 0 {
+            return fail("prefetch must be at least 1");
+        }
+        if self.window == 0 || self.window_bytes == 0 {
+            return fail("the put window must be at least one put and one byte");
+        }
+        if self.max_frame < 1024 || self.max_frame > u32::MAX as u64 {
+            return fail("max_frame must be between 1 KiB and 4 GiB");
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return fail("timeouts must be above zero");
+        }
+        if self.lease.is_some_and(|d| d < Duration::from_millis(10)) {
+            return fail("lease must be at least 10 ms");
+        }
+        Ok(())
+    }
+
+    /// Connects to the server at `addr` (`host:port`, or `unix:/path/to/socket`),
+    /// authenticates and opens the queue `name`.
+    ///
+    /// Fails with [`RemoteError::Auth`] on a key mismatch, [`RemoteError::Refused`] for
+    /// an unknown queue ([`Refusal::UnknownQueue`]), a full server ([`Refusal::Busy`]) or
+    /// one shutting down, [`RemoteError::Timeout`] after the connect timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes the half-made connection; nothing is left behind.
+    pub async fn connect<T>(&self, addr: &str, name: &str) -> Result<RemoteQueue<T>, RemoteError> {
+        protocol::check_name(name).map_err(RemoteError::InvalidName)?;
+        let opened = open(self, addr, Some(name)).await?;
         Ok(RemoteQueue {
-            client: Arc::new(Client {
-                requests,
-                put_order: tokio::sync::Mutex::new(0),
-                acked,
-                broken,
-                deliveries: tokio::sync::Mutex::new(deliveries),
-                credit: AtomicU64::new(0),
-                prefetch: DEFAULT_PREFETCH,
-                pending,
-                next_req: AtomicU64::new(1),
-                maxsize,
-                target: (addr.to_string(), name.to_string(), key.to_vec()),
-            }),
+            client: Arc::new(Client::start(self.clone(), addr, name, opened)),
             _item: PhantomData,
         })
     }
 
-    /// The queue's bound (0: unbounded), as declared on the server.
-    pub fn maxsize(&self) -> u64 {
-        self.client.maxsize
-    }
-
-    /// Sends an item without waiting for the server to hold it; waits only while
-    /// a window of 4,096 puts is unacknowledged. Returns the put's number, which
-    /// [`flush`](Self::flush) and [`put`](Self::put) wait for.
-    pub async fn feed(&self, item: &T) -> Result<u64, RemoteError> {
-        let item = Bytes::from(postcard::to_stdvec(item).map_err(RemoteError::Encode)?);
-        let mut sent = self.client.put_order.lock().await;
-        let seq = *sent + 1;
-        self.client
-            .wait_acked(seq.saturating_sub(DEFAULT_WINDOW))
-            .await?;
-        self.client.request(Request::Put { item }).await?;
-        *sent = seq;
-        Ok(seq)
-    }
-
-    /// Sends an item only if that needs no waiting (the window of unacknowledged puts has
-    /// room); otherwise [`RemoteError::Full`]. Like [`feed`](Self::feed), it does not wait
-    /// for the server to hold the item.
-    pub fn try_put(&self, item: &T) -> Result<u64, RemoteError> {
-        let item = Bytes::from(postcard::to_stdvec(item).map_err(RemoteError::Encode)?);
-        let Ok(mut sent) = self.client.put_order.try_lock() else {
-            return Err(RemoteError::Full);
-        };
-        let seq = *sent + 1;
-        if *self.client.acked.borrow() < seq.saturating_sub(DEFAULT_WINDOW) {
-            return Err(RemoteError::Full);
-        }
-        if self.client.broken.borrow().is_some() {
-            return Err(self.client.why_broken());
-        }
-        self.client
-            .requests
-            .try_send(Request::Put { item })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => RemoteError::Full,
-                mpsc::error::TrySendError::Closed(_) => self.client.why_broken(),
-            })?;
-        *sent = seq;
-        Ok(seq)
-    }
-
-    /// Puts an item and waits until the server holds it (for a bounded queue, until there
-    /// is room). Cancel-safe in that a cancelled put may or may not have been held; use
-    /// [`put_timeout`](Self::put_timeout) for a bound.
-    pub async fn put(&self, item: &T) -> Result<(), RemoteError> {
-        let seq = self.feed(item).await?;
-        self.client.wait_acked(seq).await
-    }
-
-    /// [`put`](Self::put), giving up with [`RemoteError::Timeout`] after `timeout` (the
-    /// item may still be held later).
-    pub async fn put_timeout(&self, item: &T, timeout: Duration) -> Result<(), RemoteError> {
-        tokio::time::timeout(timeout, self.put(item))
-            .await
-            .unwrap_or(Err(RemoteError::Timeout))
-    }
-
-    /// Waits until the server holds every item fed so far.
-    pub async fn flush(&self) -> Result<(), RemoteError> {
-        let sent = *self.client.put_order.lock().await;
-        self.client.wait_acked(sent).await
-    }
-
-    /// Gets an item and acknowledges it.
-    pub async fn get(&self) -> Result<T, RemoteError> {
-        let (item, delivery) = self.get_unacked().await?;
-        delivery.ack().await?;
-        Ok(item)
-    }
-
-    /// [`get`](Self::get), giving up with [`RemoteError::Timeout`] after `timeout`. A
-    /// timeout loses nothing: an item that arrives later waits for the next get.
-    pub async fn get_timeout(&self, timeout: Duration) -> Result<T, RemoteError> {
-        tokio::time::timeout(timeout, self.get())
-            .await
-            .unwrap_or(Err(RemoteError::Timeout))
-    }
-
-    /// Gets an item without acknowledging it: the server keeps it until
-    /// [`Delivery::ack`], and hands it to another consumer if this connection ends first.
-    /// Cancel-safe.
-    pub async fn get_unacked(&self) -> Result<(T, Delivery), RemoteError> {
-        self.client.top_up_credit().await?;
-        let mut deliveries = self.client.deliveries.lock().await;
-        let (id, bytes) = tokio::select! {
-            d = deliveries.recv() => d.ok_or_else(|| self.client.why_broken())?,
-            _ = self.client.broken() => return Err(self.client.why_broken()),
-        };
-        self.client.credit.fetch_sub(1, Ordering::SeqCst);
-        let item = postcard::from_bytes(&bytes).map_err(RemoteError::Decode)?;
-        Ok((
-            item,
-            Delivery {
-                client: self.client.clone(),
-                id,
-            },
-        ))
-    }
-
-    /// Gets an item only if one has already been pushed to this client; otherwise
-    /// [`RemoteError::Empty`]. (Items are pushed ahead of `get`s, so after the first get
-    /// this sees what the prefetch window brought.)
-    pub fn try_get(&self) -> Result<T, RemoteError> {
-        let Ok(mut deliveries) = self.client.deliveries.try_lock() else {
-            return Err(RemoteError::Empty); // another task is getting
-        };
-        let (id, bytes) = match deliveries.try_recv() {
-            Ok(d) => d,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                drop(deliveries);
-                // Ask for items for the next time.
-                if self.client.credit.load(Ordering::SeqCst) == 0 {
-                    let n = self.client.prefetch;
-                    if self.client.requests.try_send(Request::Credit { n }).is_ok() {
-                        self.client.credit.fetch_add(n as u64, Ordering::SeqCst);
-                    }
-                }
-                return Err(RemoteError::Empty);
-            }
-            Err(_) => return Err(self.client.why_broken()),
-        };
-        self.client.credit.fetch_sub(1, Ordering::SeqCst);
-        let item = postcard::from_bytes(&bytes).map_err(RemoteError::Decode)?;
-        self.client
-            .requests
-            .try_send(Request::Ack { delivery: id })
-            .map_err(|_| self.client.why_broken())?;
-        Ok(item)
-    }
-
-    /// Items waiting in the server's queue (not counting those delivered and not yet
-    /// acknowledged).
-    pub async fn len(&self) -> Result<u64, RemoteError> {
-        match self.client.call(|req| Request::Len { req }).await? {
-            Reply::Value { value, .. } => Ok(value),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// `len() == 0`.
-    pub async fn is_empty(&self) -> Result<bool, RemoteError> {
-        Ok(self.len().await? == 0)
-    }
-
-    /// Connects again, to the same server and queue with the same key: what to do after a
-    /// [`RemoteError::Disconnected`]. Items this connection had got and not acknowledged
-    /// have gone back to the queue; puts it had not seen acknowledged may or may not be
-    /// held.
-    pub async fn reconnect(&self) -> Result<Self, RemoteError> {
-        let (addr, name, key) = &self.client.target;
-        Self::connect(addr, name, key).await
-    }
-
-    /// Marks one task done (the server counts every put as a task).
-    pub async fn task_done(&self) -> Result<(), RemoteError> {
-        match self.client.call(|req| Request::TaskDone { req }).await? {
-            Reply::Done { .. } => Ok(()),
-            Reply::Error { message, .. } => Err(RemoteError::Server(message)),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// Waits until every task put by anyone is marked done.
-    pub async fn join(&self) -> Result<(), RemoteError> {
-        match self.client.call(|req| Request::Join { req }).await? {
-            Reply::Done { .. } => Ok(()),
-            other => Err(unexpected(other)),
-        }
-    }
-
-    /// [`join`](Self::join), giving up with [`RemoteError::Timeout`] after `timeout`.
-    pub async fn join_timeout(&self, timeout: Duration) -> Result<(), RemoteError> {
-        tokio::time::timeout(timeout, self.join())
-            .await
-            .unwrap_or(Err(RemoteError::Timeout))
-    }
-
-    /// Every queue's statistics on the server.
-    pub async fn stats(&self) -> Result<Vec<QueueStats>, RemoteError> {
-        match self.client.call(|req| Request::Stat { req }).await? {
-            Reply::Stats { queues, .. } => Ok(queues),
-            other => Err(unexpected(other)),
+    /// The statistics of the server at `addr`, without opening a queue: what `procq
+    /// stat` shows. Bounded by the connect timeout plus the request timeout.
+    pub async fn stats(&self, addr: &str) -> Result<ServerStats, RemoteError> {
+        let opened = open(self, addr, None).await?;
+        let client = Client::start(self.clone(), addr, "", opened);
+        let stats = client.call(|req| Request::Stat { req }, true).await;
+        client.stop.cancel();
+        match stats? {
+            Reply::Stats { stats, .. } => Ok(stats),
+            _ => Err(unexpected()),
         }
     }
 }
 
 /// Every queue's statistics from the server at `addr` (`host:port` or `unix:/path`),
-/// without opening a queue: what `procq stat` shows.
-pub async fn server_stats(addr: &str, key: &[u8]) -> Result<Vec<QueueStats>, RemoteError> {
-    let asking = async {
-        if let Some(path) = addr.strip_prefix("unix:") {
-            ask_stats(tokio::net::UnixStream::connect(path).await?, key).await
-        } else {
-            ask_stats(tokio::net::TcpStream::connect(addr).await?, key).await
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), asking)
-        .await
-        .unwrap_or(Err(RemoteError::Timeout))
+/// over a plain connection: `ClientOptions::new(key).stats(addr)`.
+pub async fn server_stats(addr: &str, key: impl AsRef<[u8]>) -> Result<ServerStats, RemoteError> {
+    ClientOptions::new(key).stats(addr).await
 }
 
-async fn ask_stats<S>(mut stream: S, key: &[u8]) -> Result<Vec<QueueStats>, RemoteError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    auth::client(&mut stream, key).await?;
-    let mut out = BytesMut::new();
-    frame::encode(
-        protocol::MESSAGE,
-        &protocol::encode(&Request::Stat { req: 1 }),
-        &mut out,
-    );
-    stream.write_all(&out).await?;
-    let decoder = Decoder::new(MAX_FRAME);
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some(frame) = decoder
-            .decode(&mut buf)
-            .map_err(|e| RemoteError::Protocol(e.to_string()))?
-        {
-            return match protocol::decode::<Reply>(&frame.body) {
-                Some(Reply::Stats { queues, .. }) => Ok(queues),
-                Some(other) => Err(unexpected(other)),
-                None => Err(RemoteError::Protocol("undecodable reply".into())),
-            };
+fn unexpected() -> RemoteError {
+    RemoteError::Disconnected(Disconnect::Protocol("unexpected reply"))
+}
+
+/// What the server said when the connection opened.
+struct Opened {
+    inbox: Inbox<Reply>,
+    writer: link::Writer<Request>,
+    maxsize: u64,
+    max_item: u64,
+    idle_timeout: Duration,
+    lease: Duration,
+}
+
+async fn open(
+    options: &ClientOptions,
+    addr: &str,
+    queue: Option<&str>,
+) -> Result<Opened, RemoteError> {
+    options.check()?;
+    let opening = async {
+        let (stream, binding) = transport::connect(addr, options.tls.as_ref()).await?;
+        let mut framed = auth::framed(stream);
+        auth::client(&mut framed, &options.key, &binding).await?;
+        let mut session = link::session::<Reply, Request>(framed, options.max_frame as usize);
+        let hello = Request::Hello {
+            version: VERSION,
+            queue: queue.map(str::to_string),
+            max_frame: options.max_frame,
+            lease_ms: options.lease.map(|d| d.as_millis() as u64),
+        };
+        session
+            .send(hello)
+            .await
+            .map_err(|e| RemoteError::Disconnected(e.into()))?;
+        match session.next().await {
+            Some(Ok(Reply::Welcome {
+                maxsize,
+                max_item,
+                idle_timeout_ms,
+                lease_ms,
+            })) => Ok((session, maxsize, max_item, idle_timeout_ms, lease_ms)),
+            Some(Ok(Reply::Refused { code })) => Err(RemoteError::Refused(code)),
+            Some(Ok(_)) => Err(unexpected()),
+            Some(Err(e)) => Err(RemoteError::Disconnected(e.into())),
+            None => Err(RemoteError::Disconnected(Disconnect::Closed)),
         }
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(RemoteError::Disconnected(
-                "server closed the connection".into(),
+    };
+    let (session, maxsize, max_item, idle_ms, lease_ms) =
+        match tokio::time::timeout(options.connect_timeout, opening).await {
+            Ok(opened) => opened?,
+            Err(_) => return Err(RemoteError::Timeout),
+        };
+    if max_item + ENVELOPE as u64 > options.max_frame {
+        return Err(RemoteError::Refused(Refusal::FrameLimit));
+    }
+    let idle_timeout = Duration::from_millis(idle_ms.max(200));
+    let (mut inbox, writer) = link::split(session, idle_timeout);
+    inbox.set_limits(max_item as usize + ENVELOPE, idle_timeout);
+    Ok(Opened {
+        inbox,
+        writer,
+        maxsize,
+        max_item,
+        idle_timeout,
+        lease: Duration::from_millis(lease_ms),
+    })
+}
+
+/// A put sent and not yet confirmed.
+struct Unconfirmed {
+    seq: u64,
+    len: usize,
+    /// The encoded item, kept for puts made with `feed` (handed back if refused or in
+    /// doubt); `put` keeps its own item.
+    fed: Option<Bytes>,
+    refused: Option<Refusal>,
+}
+
+/// What the connection's tasks and its handles share.
+#[derive(Default)]
+struct State {
+    puts_sent: u64,
+    puts_done: u64,
+    unconfirmed: VecDeque<Unconfirmed>,
+    unconfirmed_bytes: usize,
+    /// Puts whose caller waits for their outcome, and refusals for them.
+    put_waiters: HashSet<u64>,
+    put_refused: HashMap<u64, Refusal>,
+    /// Fed puts the server refused, not yet reported by a flush.
+    fed_refused: Vec<(Bytes, Refusal)>,
+    settles_sent: u64,
+    settles_done: u64,
+    settle_waiters: HashSet<u64>,
+    settle_refused: HashMap<u64, Refusal>,
+    /// Acks sent by `get`, not yet confirmed, and those that failed.
+    auto_acks: VecDeque<u64>,
+    acks_failed: u64,
+    /// Items pushed by the server and not yet taken by a get.
+    buffer: VecDeque<(u64, Bytes)>,
+    /// Credit granted and not yet used by a delivery.
+    credit_out: u64,
+    pending: HashMap<u64, oneshot::Sender<Reply>>,
+    next_req: u64,
+    broken: Option<Disconnect>,
+    closed_here: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Puts or settles were resolved, or the connection ended.
+    changed: Notify,
+    /// An item arrived (one waiter per item), or the connection ended (all).
+    arrived: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn end(&self, reason: Disconnect) {
+        let mut st = self.lock();
+        if st.broken.is_none() {
+            st.broken = Some(reason);
+        }
+        st.acks_failed += st.auto_acks.len() as u64;
+        st.auto_acks.clear();
+        st.pending.clear();
+        drop(st);
+        self.changed.notify_waiters();
+        self.arrived.notify_waiters();
+    }
+
+    /// Applies one message from the server.
+    fn dispatch(&self, reply: Reply) -> Result<(), Disconnect> {
+        let mut st = self.lock();
+        match reply {
+            Reply::PutsDone { upto } => {
+                st.puts_done = st.puts_done.max(upto);
+                while st.unconfirmed.front().is_some_and(|u| u.seq <= upto) {
+                    let u = st.unconfirmed.pop_front().expect("front");
+                    st.unconfirmed_bytes -= u.len;
+                    if let (Some(item), Some(code)) = (u.fed, u.refused) {
+                        st.fed_refused.push((item, code));
+                    }
+                }
+                drop(st);
+                self.changed.notify_waiters();
+            }
+            Reply::PutRefused { seq, code } => {
+                if st.put_waiters.contains(&seq) {
+                    st.put_refused.insert(seq, code);
+                } else if let Ok(at) = st.unconfirmed.binary_search_by_key(&seq, |u| u.seq) {
+                    st.unconfirmed[at].refused = Some(code);
+                }
+                drop(st);
+                self.changed.notify_waiters();
+            }
+            Reply::SettlesDone { upto } => {
+                st.settles_done = st.settles_done.max(upto);
+                while st.auto_acks.front().is_some_and(|&seq| seq <= upto) {
+                    st.auto_acks.pop_front();
+                }
+                drop(st);
+                self.changed.notify_waiters();
+            }
+            Reply::SettleRefused { seq, code } => {
+                if st.settle_waiters.contains(&seq) {
+                    st.settle_refused.insert(seq, code);
+                } else if let Ok(at) = st.auto_acks.binary_search(&seq) {
+                    st.auto_acks.remove(at);
+                    st.acks_failed += 1;
+                }
+                drop(st);
+                self.changed.notify_waiters();
+            }
+            Reply::Deliver { delivery, item } => {
+                st.credit_out = st.credit_out.saturating_sub(1);
+                st.buffer.push_back((delivery, item));
+                drop(st);
+                self.arrived.notify_one();
+            }
+            Reply::Deliveries { first, items } => {
+                let n = items.len();
+                st.credit_out = st.credit_out.saturating_sub(n as u64);
+                st.buffer.extend((first..).zip(items));
+                drop(st);
+                for _ in 0..n {
+                    self.arrived.notify_one();
+                }
+            }
+            Reply::Expired { deliveries } => {
+                // Not yet taken: nobody will work on them here; they are back in the
+                // queue. Taken ones fail to ack.
+                st.buffer.retain(|(d, _)| !deliveries.contains(d));
+            }
+            Reply::Value { req, .. }
+            | Reply::Done { req }
+            | Reply::Error { req, .. }
+            | Reply::Stats { req, .. } => {
+                if let Some(tx) = st.pending.remove(&req) {
+                    let _ = tx.send(reply);
+                }
+            }
+            Reply::Refused { code } => return Err(Disconnect::Refused(code)),
+            Reply::Ping | Reply::Welcome { .. } => {
+                return Err(Disconnect::Protocol("unexpected message"))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One connection: the handle side.
+struct Client {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
+    /// Stops the writer: it writes what is queued and closes its side.
+    stop: CancellationToken,
+    options: ClientOptions,
+    addr: String,
+    name: String,
+    maxsize: u64,
+    max_item: u64,
+    lease: Duration,
+    /// Serializes `close`.
+    closing: tokio::sync::Semaphore,
+    /// Where items are encoded, 64 KiB at a time.
+    arena: Mutex<bytes::BytesMut>,
+}
+
+impl Client {
+    fn start(options: ClientOptions, addr: &str, name: &str, opened: Opened) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            arrived: Notify::new(),
+        });
+        let (requests, outgoing) = mpsc::channel(1024);
+        let stop = CancellationToken::new();
+        // Merged puts and acks stay within the server's frame limit.
+        let merge_limit = (opened.max_item as usize + ENVELOPE).min(256 * 1024) - ENVELOPE;
+        let writing = link::write_loop(
+            opened.writer,
+            outgoing,
+            merge_limit,
+            opened.idle_timeout / 4,
+            None,
+            stop.clone(),
+        );
+        let on_write_error = shared.clone();
+        let writer = tokio::spawn(async move {
+            if let Err(reason) = writing.await {
+                on_write_error.end(reason);
+            }
+        });
+        let reading = shared.clone();
+        let mut inbox = opened.inbox;
+        tokio::spawn(async move {
+            // Once the connection is over, a write blocked on a dead peer must not keep
+            // the socket.
+            let _stop_writer = AbortOnDrop(writer);
+            let reason = loop {
+                match inbox.next().await {
+                    Ok(reply) => {
+                        if let Err(reason) = reading.dispatch(reply) {
+                            break reason;
+                        }
+                    }
+                    Err(reason) => break reason,
+                }
+            };
+            reading.end(reason);
+        });
+        Client {
+            shared,
+            requests,
+            stop,
+            options,
+            addr: addr.to_string(),
+            name: name.to_string(),
+            maxsize: opened.maxsize,
+            max_item: opened.max_item,
+            lease: opened.lease,
+            closing: tokio::sync::Semaphore::new(1),
+            arena: Mutex::new(bytes::BytesMut::new()),
+        }
+    }
+
+    fn gone(st: &State) -> Option<RemoteError> {
+        if st.closed_here {
+            return Some(RemoteError::Disconnected(Disconnect::ClosedHere));
+        }
+        st.broken.map(RemoteError::Disconnected)
+    }
+
+    /// Sends a request made under the state lock, so requests numbered there reach the
+    /// server in their numbers' order.
+    async fn send_with<R>(
+        &self,
+        make: impl FnOnce(&mut State) -> (Request, R),
+    ) -> Result<R, RemoteError> {
+        let permit = self.requests.reserve().await.map_err(|_| {
+            Self::gone(&self.shared.lock()).unwrap_or(RemoteError::Disconnected(Disconnect::Closed))
+        })?;
+        let mut st = self.shared.lock();
+        if let Some(e) = Self::gone(&st) {
+            return Err(e);
+        }
+        let (request, out) = make(&mut st);
+        permit.send(request);
+        Ok(out)
+    }
+
+    /// Sends a put; returns its number. Waits while the put window is full.
+    async fn send_put(&self, item: Bytes, wait: bool, fed: bool) -> Result<u64, RemoteError> {
+        let room = |st: &State| {
+            st.puts_sent - st.puts_done < self.options.window
+                && st.unconfirmed_bytes < self.options.window_bytes
+        };
+        while !room(&self.shared.lock()) {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let st = self.shared.lock();
+                if let Some(e) = Self::gone(&st) {
+                    return Err(e);
+                }
+                if room(&st) {
+                    break;
+                }
+            }
+            changed.await;
+        }
+        self.send_with(|st| {
+            st.puts_sent += 1;
+            let seq = st.puts_sent;
+            st.unconfirmed_bytes += item.len();
+            st.unconfirmed.push_back(Unconfirmed {
+                seq,
+                len: item.len(),
+                fed: fed.then(|| item.clone()),
+                refused: None,
+            });
+            if !fed {
+                st.put_waiters.insert(seq);
+            }
+            (Request::Put { item, wait }, seq)
+        })
+        .await
+    }
+
+    /// Waits for the outcome of a put whose number is in `put_waiters`.
+    async fn put_outcome(&self, seq: u64) -> Result<(), RemoteError> {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut st = self.shared.lock();
+                if let Some(code) = st.put_refused.remove(&seq) {
+                    st.put_waiters.remove(&seq);
+                    return Err(RemoteError::Refused(code));
+                }
+                if st.puts_done >= seq {
+                    st.put_waiters.remove(&seq);
+                    return Ok(());
+                }
+                if let Some(reason) = st.broken {
+                    st.put_waiters.remove(&seq);
+                    return Err(RemoteError::Disconnected(reason));
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Sends an ack, touch or release; returns its number.
+    async fn send_settle(
+        &self,
+        make: impl FnOnce() -> Request,
+        watch: bool,
+        auto: bool,
+    ) -> Result<u64, RemoteError> {
+        self.send_with(|st| {
+            st.settles_sent += 1;
+            let seq = st.settles_sent;
+            if watch {
+                st.settle_waiters.insert(seq);
+            }
+            if auto {
+                st.auto_acks.push_back(seq);
+            }
+            (make(), seq)
+        })
+        .await
+    }
+
+    async fn settle_outcome(&self, seq: u64) -> Result<(), RemoteError> {
+        let _forget = Forget {
+            shared: &self.shared,
+            seq,
+        };
+        let waiting = async {
+            loop {
+                let changed = self.shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                {
+                    let mut st = self.shared.lock();
+                    if let Some(code) = st.settle_refused.remove(&seq) {
+                        return Err(RemoteError::Refused(code));
+                    }
+                    if st.settles_done >= seq {
+                        return Ok(());
+                    }
+                    if let Some(reason) = st.broken {
+                        return Err(RemoteError::Disconnected(reason));
+                    }
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(self.options.request_timeout, waiting)
+            .await
+            .unwrap_or(Err(RemoteError::Timeout))
+    }
+
+    /// Sends a request with an id and waits for its reply (within the request timeout
+    /// if `bounded`).
+    async fn call(
+        &self,
+        make: impl FnOnce(u64) -> Request,
+        bounded: bool,
+    ) -> Result<Reply, RemoteError> {
+        let (tx, rx) = oneshot::channel();
+        let req = self
+            .send_with(|st| {
+                st.next_req += 1;
+                let req = st.next_req;
+                st.pending.insert(req, tx);
+                (make(req), req)
+            })
+            .await?;
+        let _forget = ForgetCall {
+            shared: &self.shared,
+            req,
+        };
+        let answer = async {
+            rx.await.map_err(|_| {
+                Self::gone(&self.shared.lock())
+                    .unwrap_or(RemoteError::Disconnected(Disconnect::Closed))
+            })
+        };
+        if bounded {
+            tokio::time::timeout(self.options.request_timeout, answer)
+                .await
+                .unwrap_or(Err(RemoteError::Timeout))
+        } else {
+            answer.await
+        }
+    }
+
+    /// Keeps the server's credit for this consumer near the prefetch window.
+    async fn top_up(&self) -> Result<(), RemoteError> {
+        let prefetch = self.options.prefetch as u64;
+        let need = |st: &State| {
+            let have = st.credit_out + st.buffer.len() as u64;
+            (have <= prefetch / 2).then(|| prefetch - have)
+        };
+        if need(&self.shared.lock()).is_none() {
+            return Ok(());
+        }
+        let permit = match self.requests.reserve().await {
+            Ok(permit) => permit,
+            Err(_) => return Ok(()), // the get reports the end
+        };
+        let mut st = self.shared.lock();
+        if let Some(n) = need(&st) {
+            st.credit_out += n;
+            permit.send(Request::Credit { n: n as u32 });
+        }
+        Ok(())
+    }
+
+    /// Waits until every put and settle sent so far is resolved (or the connection is
+    /// gone), then takes what failed.
+    async fn settle_all(&self, deadline: Option<Instant>) -> Result<Failures, RemoteError> {
+        let (puts, settles) = {
+            let st = self.shared.lock();
+            (st.puts_sent, st.settles_sent)
+        };
+        let waiting = async {
+            loop {
+                let changed = self.shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                {
+                    let st = self.shared.lock();
+                    if (st.puts_done >= puts && st.settles_done >= settles) || st.broken.is_some() {
+                        return;
+                    }
+                }
+                changed.await;
+            }
+        };
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, waiting)
+                .await
+                .map_err(|_| RemoteError::Timeout)?,
+            None => waiting.await,
+        }
+        let mut st = self.shared.lock();
+        let mut failures = Failures {
+            refused: std::mem::take(&mut st.fed_refused),
+            in_doubt: Vec::new(),
+            acks_failed: std::mem::take(&mut st.acks_failed),
+            broken: st.broken,
+        };
+        if st.broken.is_some() {
+            // Nothing more will be resolved: every fed put left is in doubt, unless the
+            // server refused it already.
+            let left: Vec<Unconfirmed> = st.unconfirmed.drain(..).collect();
+            st.unconfirmed_bytes = 0;
+            for u in left {
+                match (u.fed, u.refused) {
+                    (Some(item), Some(code)) => failures.refused.push((item, code)),
+                    (Some(item), None) => failures.in_doubt.push(item),
+                    (None, _) => {}
+                }
+            }
+        }
+        Ok(failures)
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a flush found.
+struct Failures {
+    refused: Vec<(Bytes, Refusal)>,
+    in_doubt: Vec<Bytes>,
+    acks_failed: u64,
+    broken: Option<Disconnect>,
+}
+
+impl Failures {
+    fn into_result<T: DeserializeOwned>(self) -> Result<(), FlushError<T>> {
+        if self.refused.is_empty() && self.in_doubt.is_empty() && self.acks_failed == 0 {
+            return Ok(());
+        }
+        let error = match (self.refused.first(), self.broken) {
+            (Some((_, code)), _) => RemoteError::Refused(*code),
+            (None, Some(reason)) => RemoteError::Disconnected(reason),
+            (None, None) => RemoteError::Refused(Refusal::LeaseExpired),
+        };
+        let decode = |bytes: &Bytes| match postcard::from_bytes::<T>(bytes) {
+            Ok(item) => Some(item),
+            Err(e) => {
+                super::report(&format!(
+                    "an item handed back by flush does not decode ({e}); {} bytes dropped",
+                    bytes.len()
+                ));
+                None
+            }
+        };
+        Err(FlushError {
+            error,
+            refused: self
+                .refused
+                .iter()
+                .filter_map(|(bytes, code)| decode(bytes).map(|item| (item, *code)))
+                .collect(),
+            in_doubt: self.in_doubt.iter().filter_map(decode).collect(),
+            acks_failed: self.acks_failed,
+        })
+    }
+}
+
+/// Forgets a settle's outcome when its waiter goes.
+struct Forget<'a> {
+    shared: &'a Shared,
+    seq: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.settle_waiters.remove(&self.seq);
+        st.settle_refused.remove(&self.seq);
+    }
+}
+
+/// Forgets a call's reply slot when its waiter goes.
+struct ForgetCall<'a> {
+    shared: &'a Shared,
+    req: u64,
+}
+
+impl Drop for ForgetCall<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().pending.remove(&self.req);
+    }
+}
+
+/// Withdraws a put whose caller stopped waiting before it was resolved.
+struct Withdraw<'a> {
+    client: &'a Client,
+    seq: u64,
+    armed: bool,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut st = self.client.shared.lock();
+        st.put_waiters.remove(&self.seq);
+        st.put_refused.remove(&self.seq);
+        if st.puts_done < self.seq && st.broken.is_none() {
+            // Best effort: if the request channel is full the put stays and is held
+            // once there is room, as a put that completed.
+            let _ = self
+                .client
+                .requests
+                .try_send(Request::Withdraw { seq: self.seq });
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let st = self.shared.lock();
+        if st.closed_here || st.broken.is_some() {
+            return;
+        }
+        let puts = st.puts_sent - st.puts_done;
+        let acks = st.auto_acks.len();
+        if puts > 0 || acks > 0 {
+            super::report(&format!(
+                "remote queue {:?} dropped with {puts} puts and {acks} acks not yet \
+                 confirmed by the server; they are still being sent, but only \
+                 `close().await` says whether they arrived",
+                self.name
             ));
         }
     }
 }
 
-fn unexpected(reply: Reply) -> RemoteError {
-    RemoteError::Protocol(format!("unexpected reply {reply:?}"))
+/// A queue on a [`Server`](super::Server), used from this process with the local queue's
+/// methods. Clone it freely: clones share one connection, and any number of tasks may
+/// put and get through them at once (each item goes to exactly one get).
+///
+/// * **Puts** are confirmed: [`put`](Self::put) resolves once the server holds the item
+///   (for a bounded queue, once there is room). [`feed`](Self::feed) sends without
+///   waiting for the confirmation (at most a window of puts unconfirmed);
+///   [`flush`](Self::flush) and [`close`](Self::close) wait for it and hand back every
+///   fed item the server did not take.
+/// * **Gets** are pushed by the server against credit (the prefetch window). Each item
+///   stays the server's until acknowledged, for at most its lease:
+///   [`get_unacked`](Self::get_unacked) gives a [`Delivery`] whose
+///   [`ack`](Delivery::ack) resolves when the server has the ack; [`get`](Self::get)
+///   acknowledges without waiting (flush and close say if an ack failed). An item whose
+///   consumer disconnects, is killed, drops its delivery, or lets the lease run out goes
+///   back to the front of the queue.
+/// * **Liveness**: the client pings the server while connected, so a consumer waiting on
+///   an empty queue or working on a long job is never cut for silence; a dead server or
+///   network shows as [`RemoteError::Disconnected`] within the server's idle timeout.
+///
+/// A broken connection is an error value from every call, never a hang; use
+/// [`reconnect`](Self::reconnect) to continue.
+pub struct RemoteQueue<T> {
+    client: Arc<Client>,
+    _item: PhantomData<fn(T) -> T>,
 }
 
-impl Client {
-    async fn request(&self, request: Request) -> Result<(), RemoteError> {
-        if self.broken.borrow().is_some() {
-            return Err(self.why_broken());
+impl<T> Clone for RemoteQueue<T> {
+    fn clone(&self) -> Self {
+        RemoteQueue {
+            client: self.client.clone(),
+            _item: PhantomData,
         }
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| self.why_broken())
-    }
-
-    /// Sends a request with an id and waits for its reply.
-    async fn call(&self, make: impl FnOnce(u64) -> Request) -> Result<Reply, RemoteError> {
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(req, tx);
-        self.request(make(req)).await?;
-        tokio::select! {
-            reply = rx => reply.map_err(|_| self.why_broken()),
-            _ = self.broken() => Err(self.why_broken()),
-        }
-    }
-
-    async fn wait_acked(&self, seq: u64) -> Result<(), RemoteError> {
-        let mut acked = self.acked.clone();
-        tokio::select! {
-            result = acked.wait_for(|&count| count >= seq) => result.map(drop).map_err(|_| self.why_broken()),
-            _ = self.broken() => Err(self.why_broken()),
-        }
-    }
-
-    /// Keeps the server's credit for this consumer at the prefetch window.
-    async fn top_up_credit(&self) -> Result<(), RemoteError> {
-        let have = self.credit.load(Ordering::SeqCst);
-        let want = self.prefetch as u64;
-        if have <= want / 2 {
-            let n = (want - have) as u32;
-            self.credit.fetch_add(n as u64, Ordering::SeqCst);
-            self.request(Request::Credit { n }).await?;
-        }
-        Ok(())
-    }
-
-    async fn broken(&self) {
-        let mut broken = self.broken.clone();
-        let _ = broken.wait_for(|b| b.is_some()).await;
-    }
-
-    fn why_broken(&self) -> RemoteError {
-        let reason = self
-            .broken
-            .borrow()
-            .clone()
-            .unwrap_or_else(|| "connection closed".into());
-        RemoteError::Disconnected(reason)
     }
 }
 
-async fn write_requests<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut outgoing: mpsc::Receiver<Request>,
-) {
-    let mut buf = BytesMut::new();
-    while let Some(request) = outgoing.recv().await {
-        frame::encode(protocol::MESSAGE, &protocol::encode(&request), &mut buf);
-        while buf.len() < 256 * 1024 {
-            match outgoing.try_recv() {
-                Ok(request) => {
-                    frame::encode(protocol::MESSAGE, &protocol::encode(&request), &mut buf)
+impl<T> fmt::Debug for RemoteQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.client.shared.lock();
+        f.debug_struct("RemoteQueue")
+            .field("addr", &self.client.addr)
+            .field("queue", &self.client.name)
+            .field("maxsize", &self.client.maxsize)
+            .field("unconfirmed_puts", &(st.puts_sent - st.puts_done))
+            .field("buffered", &st.buffer.len())
+            .field("broken", &st.broken)
+            .field("closed", &st.closed_here)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
+    /// Connects to the server at `addr` (`host:port`, or `unix:/path/to/socket`) with the
+    /// shared `key`, over a plain connection with the default options, and opens the
+    /// queue `name`. See [`ClientOptions`] for TLS and the rest.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future closes the half-made connection; nothing is left behind.
+    pub async fn connect(
+        addr: &str,
+        name: &str,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Self, RemoteError> {
+        ClientOptions::new(key).connect(addr, name).await
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.client.name
+    }
+
+    /// The queue's bound, as declared on the server; `None` for an unbounded queue.
+    pub fn maxsize(&self) -> Option<u64> {
+        (self.client.maxsize > 0).then_some(self.client.maxsize)
+    }
+
+    /// The lease the server gives this connection's deliveries.
+    pub fn lease(&self) -> Duration {
+        self.client.lease
+    }
+
+    /// Encodes an item into the connection's encoding buffer: items share its
+    /// allocations, and the copies kept until the server confirms them cost no more.
+    fn encode(&self, item: T) -> Result<(Bytes, T), PutError<T>> {
+        use bytes::BufMut;
+        let bytes = {
+            let mut arena = self.client.arena.lock().unwrap_or_else(|e| e.into_inner());
+            if arena.capacity() - arena.len() < 1024 {
+                arena.reserve(64 * 1024);
+            }
+            match postcard::to_io(&item, (&mut *arena).writer()) {
+                Ok(_) => arena.split().freeze(),
+                Err(e) => {
+                    arena.clear();
+                    return Err(PutError::new(RemoteError::Encode(e), item));
                 }
-                Err(_) => break,
+            }
+        };
+        if bytes.len() as u64 > self.client.max_item {
+            let error = RemoteError::TooLarge {
+                size: bytes.len() as u64,
+                max: self.client.max_item,
+            };
+            return Err(PutError::new(error, item));
+        }
+        Ok((bytes, item))
+    }
+
+    /// Puts an item and waits until the server holds it; for a bounded queue that is
+    /// once there is room. On failure the item comes back in the error; the server does
+    /// not hold it unless [`RemoteError::put_in_doubt`] says it may.
+    ///
+    /// Fails with [`Refusal::ShuttingDown`] once the server is shutting down, and
+    /// [`RemoteError::TooLarge`] (nothing sent) for an item above the server's limit.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future withdraws the put if the server has not admitted it yet; if
+    /// it had, the item stays queued, as after a put that completed.
+    pub async fn put(&self, item: T) -> Result<(), PutError<T>> {
+        let (bytes, item) = self.encode(item)?;
+        let seq = match self.client.send_put(bytes, true, false).await {
+            Ok(seq) => seq,
+            Err(e) => return Err(PutError::new(e, item)),
+        };
+        let mut withdraw = Withdraw {
+            client: &self.client,
+            seq,
+            armed: true,
+        };
+        let outcome = self.client.put_outcome(seq).await;
+        withdraw.armed = false;
+        outcome.map_err(|e| PutError::new(e, item))
+    }
+
+    /// [`put`](Self::put), waiting at most `timeout` (for the window, the connection and
+    /// room in the queue). On timeout the put is withdrawn and the server says whether it
+    /// got in first: [`RemoteError::Timeout`] means it did not (unless no answer came
+    /// within the request timeout either, then the put is in doubt).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`put`](Self::put).
+    pub async fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        let deadline = Instant::now() + timeout;
+        let (bytes, item) = self.encode(item)?;
+        let seq = match tokio::time::timeout_at(deadline, self.client.send_put(bytes, true, false))
+            .await
+        {
+            Ok(Ok(seq)) => seq,
+            Ok(Err(e)) => return Err(PutError::new(e, item)),
+            Err(_) => return Err(PutError::new(RemoteError::Timeout, item)),
+        };
+        let mut withdraw = Withdraw {
+            client: &self.client,
+            seq,
+            armed: true,
+        };
+        let outcome = match tokio::time::timeout_at(deadline, self.client.put_outcome(seq)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let sent = self
+                    .client
+                    .send_with(|_| (Request::Withdraw { seq }, ()))
+                    .await;
+                match sent {
+                    Err(e) => Err(e),
+                    Ok(()) => match tokio::time::timeout(
+                        self.client.options.request_timeout,
+                        self.client.put_outcome(seq),
+                    )
+                    .await
+                    {
+                        Ok(Err(RemoteError::Refused(Refusal::Withdrawn))) => {
+                            Err(RemoteError::Timeout)
+                        }
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(RemoteError::Timeout),
+                    },
+                }
+            }
+        };
+        withdraw.armed = matches!(outcome, Err(RemoteError::Timeout)) && {
+            let st = self.client.shared.lock();
+            st.puts_done < seq && !st.put_refused.contains_key(&seq)
+        };
+        outcome.map_err(|e| PutError::new(e, item))
+    }
+
+    /// Puts an item only if the queue has room now: [`Refusal::Full`] otherwise (and also
+    /// when earlier puts of this connection still wait for room). One round trip to the
+    /// server, bounded by the request timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the put to the server: it is held if there was room.
+    pub async fn try_put(&self, item: T) -> Result<(), PutError<T>> {
+        let (bytes, item) = self.encode(item)?;
+        let seq = match self.client.send_put(bytes, false, false).await {
+            Ok(seq) => seq,
+            Err(e) => return Err(PutError::new(e, item)),
+        };
+        let mut withdraw = Withdraw {
+            client: &self.client,
+            seq,
+            armed: true,
+        };
+        let outcome = tokio::time::timeout(
+            self.client.options.request_timeout,
+            self.client.put_outcome(seq),
+        )
+        .await
+        .unwrap_or(Err(RemoteError::Timeout));
+        withdraw.armed = false;
+        outcome.map_err(|e| PutError::new(e, item))
+    }
+
+    /// Sends an item without waiting for the server to hold it; waits only while the put
+    /// window ([`ClientOptions::put_window`]) is full. [`flush`](Self::flush) and
+    /// [`close`](Self::close) then say what the server did not take, and hand those items
+    /// back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it resolves sends nothing.
+    pub async fn feed(&self, item: T) -> Result<(), PutError<T>> {
+        let (bytes, item) = self.encode(item)?;
+        match self.client.send_put(bytes, true, true).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(PutError::new(e, item)),
+        }
+    }
+
+    /// Waits until every put fed and every ack sent so far is resolved. Returns the fed
+    /// items the server refused and, if the connection ended, those whose fate is
+    /// unknown, plus how many acks of [`get`](Self::get) failed; each is reported once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing is taken before the wait is over.
+    pub async fn flush(&self) -> Result<(), FlushError<T>> {
+        self.flush_until(None).await
+    }
+
+    /// [`flush`](Self::flush), waiting at most `timeout`; on timeout the error is
+    /// [`RemoteError::Timeout`] with no items (a later flush reports them).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`flush`](Self::flush).
+    pub async fn flush_timeout(&self, timeout: Duration) -> Result<(), FlushError<T>> {
+        self.flush_until(Some(Instant::now() + timeout)).await
+    }
+
+    async fn flush_until(&self, deadline: Option<Instant>) -> Result<(), FlushError<T>> {
+        match self.client.settle_all(deadline).await {
+            Ok(failures) => failures.into_result(),
+            Err(error) => Err(FlushError {
+                error,
+                refused: Vec::new(),
+                in_doubt: Vec::new(),
+                acks_failed: 0,
+            }),
+        }
+    }
+
+    /// Closes the connection for every clone of this handle, after waiting (at most the
+    /// request timeout) for every put and ack to be resolved; says what failed, as
+    /// [`flush`](Self::flush) does. Items pushed to this client and not taken go back to
+    /// the queue. Later calls fail with [`Disconnect::ClosedHere`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the connection closing; what it has not reported is
+    /// reported by no one (call `close` to completion to know).
+    pub async fn close(&self) -> Result<(), FlushError<T>> {
+        let _one = self.client.closing.acquire().await;
+        let deadline = Instant::now() + self.client.options.request_timeout;
+        let settled = self.client.settle_all(Some(deadline)).await;
+        self.client.shared.lock().closed_here = true;
+        self.client.stop.cancel();
+        // The server answers what is left, then closes; wait for that.
+        let ended = async {
+            loop {
+                let changed = self.client.shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.client.shared.lock().broken.is_some() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, ended).await;
+        let mut failures = match settled {
+            Ok(failures) => failures,
+            Err(_) => Failures {
+                refused: Vec::new(),
+                in_doubt: Vec::new(),
+                acks_failed: 0,
+                broken: None,
+            },
+        };
+        {
+            // Whatever is still unresolved is now final.
+            let mut st = self.client.shared.lock();
+            failures.refused.append(&mut st.fed_refused);
+            failures.acks_failed += std::mem::take(&mut st.acks_failed) + st.auto_acks.len() as u64;
+            st.auto_acks.clear();
+            let puts_done = st.puts_done;
+            for u in st.unconfirmed.drain(..) {
+                match (u.fed, u.refused) {
+                    (Some(item), Some(code)) => failures.refused.push((item, code)),
+                    (Some(item), None) if u.seq > puts_done => failures.in_doubt.push(item),
+                    _ => {}
+                }
+            }
+            st.unconfirmed_bytes = 0;
+            failures.broken = Some(st.broken.unwrap_or(Disconnect::ClosedHere));
+        }
+        failures.into_result()
+    }
+
+    fn take(&self, id: u64, bytes: Bytes) -> Result<(T, Delivery), RemoteError> {
+        match postcard::from_bytes(&bytes) {
+            Ok(item) => Ok((
+                item,
+                Delivery {
+                    client: self.client.clone(),
+                    id,
+                    settled: false,
+                },
+            )),
+            Err(error) => {
+                // Undecodable for every consumer of this type: take it off the queue and
+                // hand its bytes to the caller.
+                let mut st = self.client.shared.lock();
+                if self
+                    .client
+                    .requests
+                    .try_send(Request::Ack { delivery: id })
+                    .is_ok()
+                {
+                    st.settles_sent += 1;
+                }
+                Err(RemoteError::Decode { error, item: bytes })
             }
         }
-        if writer.write_all(&buf).await.is_err() {
+    }
+
+    /// Gets an item without acknowledging it: the server keeps it until
+    /// [`Delivery::ack`], and gives it to another consumer if this connection ends, the
+    /// delivery is dropped, or its lease runs out first. Items already pushed to this
+    /// client are handed out even after the connection ended (their acks then fail).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an item is taken only when the future completes.
+    pub async fn get_unacked(&self) -> Result<(T, Delivery), RemoteError> {
+        self.client.top_up().await?;
+        // Fast path: an item is already here.
+        let first = self.client.shared.lock().buffer.pop_front();
+        if let Some((id, bytes)) = first {
+            return self.take(id, bytes);
+        }
+        loop {
+            self.client.top_up().await?;
+            let arrived = self.client.shared.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut st = self.client.shared.lock();
+                if let Some((id, bytes)) = st.buffer.pop_front() {
+                    drop(st);
+                    return self.take(id, bytes);
+                }
+                if let Some(e) = Client::gone(&st) {
+                    return Err(e);
+                }
+            }
+            arrived.await;
+        }
+    }
+
+    /// [`get_unacked`](Self::get_unacked), giving up with [`RemoteError::Timeout`] after
+    /// `timeout`. A timeout loses nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn get_unacked_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<(T, Delivery), RemoteError> {
+        tokio::time::timeout(timeout, self.get_unacked())
+            .await
+            .unwrap_or(Err(RemoteError::Timeout))
+    }
+
+    /// Gets an item and acknowledges it without waiting for the server to confirm the
+    /// ack ([`flush`](Self::flush) and [`close`](Self::close) count acks that failed: their
+    /// items were, or will be, delivered again). Use [`get_unacked`](Self::get_unacked)
+    /// and [`Delivery::ack`] to know each ack arrived.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an item is taken only when the future completes.
+    pub async fn get(&self) -> Result<T, RemoteError> {
+        let (item, delivery) = self.get_unacked().await?;
+        delivery.ack_nowait().await?;
+        Ok(item)
+    }
+
+    /// [`get`](Self::get), giving up with [`RemoteError::Timeout`] after `timeout`. A
+    /// timeout loses nothing: an item that arrives later waits for the next get.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn get_timeout(&self, timeout: Duration) -> Result<T, RemoteError> {
+        let (item, delivery) = self.get_unacked_timeout(timeout).await?;
+        delivery.ack_nowait().await?;
+        Ok(item)
+    }
+
+    /// Gets an item only if one has already been pushed to this client, acknowledging it
+    /// as [`get`](Self::get) does; otherwise [`RemoteError::Empty`] (and the server is
+    /// asked for items for next time).
+    pub fn try_get(&self) -> Result<T, RemoteError> {
+        let mut st = self.client.shared.lock();
+        let Some((id, bytes)) = st.buffer.pop_front() else {
+            if let Some(e) = Client::gone(&st) {
+                return Err(e);
+            }
+            let prefetch = self.client.options.prefetch as u64;
+            if st.credit_out <= prefetch / 2 {
+                let n = prefetch - st.credit_out;
+                if self
+                    .client
+                    .requests
+                    .try_send(Request::Credit { n: n as u32 })
+                    .is_ok()
+                {
+                    st.credit_out += n;
+                }
+            }
+            return Err(RemoteError::Empty);
+        };
+        let item = match postcard::from_bytes(&bytes) {
+            Ok(item) => item,
+            Err(error) => {
+                drop(st);
+                return Err(self.take(id, bytes).err().unwrap_or(RemoteError::Decode {
+                    error,
+                    item: Bytes::new(),
+                }));
+            }
+        };
+        // Ack in order with the other settles; if the channel is full the lease returns
+        // the item, and flush counts the ack as failed.
+        st.settles_sent += 1;
+        let seq = st.settles_sent;
+        if self
+            .client
+            .requests
+            .try_send(Request::Ack { delivery: id })
+            .is_ok()
+        {
+            st.auto_acks.push_back(seq);
+        } else {
+            st.settles_sent -= 1;
+            st.acks_failed += 1;
+        }
+        Ok(item)
+    }
+
+    /// Items waiting in the server's queue (not counting those delivered and not yet
+    /// acknowledged). It counts every put of this connection sent before it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; bounded by the request timeout.
+    pub async fn len(&self) -> Result<u64, RemoteError> {
+        match self.client.call(|req| Request::Len { req }, true).await? {
+            Reply::Value { value, .. } => Ok(value),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// `len() == 0`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; bounded by the request timeout.
+    pub async fn is_empty(&self) -> Result<bool, RemoteError> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// Marks one task done. Every put counts as a task of the queue; a connection may
+    /// mark done only as many tasks as it acknowledged items ([`Refusal::TaskDoneMisuse`]
+    /// otherwise).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not leave the task marked done; bounded by the
+    /// request timeout.
+    pub async fn task_done(&self) -> Result<(), RemoteError> {
+        match self
+            .client
+            .call(|req| Request::TaskDone { req }, true)
+            .await?
+        {
+            Reply::Done { .. } => Ok(()),
+            Reply::Error { code, .. } => Err(RemoteError::Refused(code)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Waits until every task put by anyone is marked done. Waits without bound; see
+    /// [`join_timeout`](Self::join_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future withdraws the join on the server.
+    pub async fn join(&self) -> Result<(), RemoteError> {
+        self.join_until(None).await
+    }
+
+    /// [`join`](Self::join), giving up with [`RemoteError::Timeout`] after `timeout` (and
+    /// withdrawing the join on the server).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn join_timeout(&self, timeout: Duration) -> Result<(), RemoteError> {
+        self.join_until(Some(Instant::now() + timeout)).await
+    }
+
+    async fn join_until(&self, deadline: Option<Instant>) -> Result<(), RemoteError> {
+        let (tx, rx) = oneshot::channel();
+        let req = self
+            .client
+            .send_with(|st| {
+                st.next_req += 1;
+                let req = st.next_req;
+                st.pending.insert(req, tx);
+                (Request::Join { req }, req)
+            })
+            .await?;
+        let mut cancel = CancelJoin {
+            client: &self.client,
+            req,
+            armed: true,
+        };
+        let answer = async {
+            rx.await.map_err(|_| {
+                Client::gone(&self.client.shared.lock())
+                    .unwrap_or(RemoteError::Disconnected(Disconnect::Closed))
+            })
+        };
+        let reply = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, answer)
+                .await
+                .unwrap_or(Err(RemoteError::Timeout)),
+            None => answer.await,
+        };
+        if reply.is_ok() {
+            cancel.armed = false;
+        }
+        match reply? {
+            Reply::Done { .. } => Ok(()),
+            Reply::Error { code, .. } => Err(RemoteError::Refused(code)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// The server's statistics (every queue, connections, memory).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe; bounded by the request timeout.
+    pub async fn stats(&self) -> Result<ServerStats, RemoteError> {
+        match self.client.call(|req| Request::Stat { req }, true).await? {
+            Reply::Stats { stats, .. } => Ok(stats),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Connects again, to the same server and queue with the same options: what to do
+    /// after a [`RemoteError::Disconnected`]. Items this connection had got and not
+    /// acknowledged have gone back to the queue.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn reconnect(&self) -> Result<Self, RemoteError> {
+        self.client
+            .options
+            .connect(&self.client.addr, &self.client.name)
+            .await
+    }
+}
+
+/// Withdraws a join whose caller stopped waiting.
+struct CancelJoin<'a> {
+    client: &'a Client,
+    req: u64,
+    armed: bool,
+}
+
+impl Drop for CancelJoin<'_> {
+    fn drop(&mut self) {
+        self.client.shared.lock().pending.remove(&self.req);
+        if self.armed {
+            let _ = self
+                .client
+                .requests
+                .try_send(Request::CancelJoin { req: self.req });
+        }
+    }
+}
+
+/// An item got with [`RemoteQueue::get_unacked`]: the server keeps it for this consumer
+/// until [`ack`](Self::ack), for at most its lease (extended by
+/// [`keep_alive`](Self::keep_alive)). Dropped without an ack, it goes back to the front
+/// of the queue at once.
+#[must_use = "a delivery dropped without an ack goes back to the queue"]
+pub struct Delivery {
+    client: Arc<Client>,
+    id: u64,
+    settled: bool,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery").field("id", &self.id).finish()
+    }
+}
+
+impl Delivery {
+    /// The delivery's number on its connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Tells the server this item is done with, and waits (at most the request timeout)
+    /// until the server confirms. Fails with [`Refusal::LeaseExpired`] if the lease ran
+    /// out first (the item went back to the queue and may be worked on again), and with
+    /// [`RemoteError::Disconnected`] if the connection ended (it went back too).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before the ack is sent gives the item back as dropping the
+    /// delivery does; after, the item may or may not be acknowledged.
+    pub async fn ack(mut self) -> Result<(), RemoteError> {
+        let id = self.id;
+        let seq = self
+            .client
+            .send_settle(|| Request::Ack { delivery: id }, true, false)
+            .await;
+        self.settled = true;
+        self.client.settle_outcome(seq?).await
+    }
+
+    /// Sends the ack without waiting for the server's confirmation.
+    async fn ack_nowait(mut self) -> Result<(), RemoteError> {
+        let id = self.id;
+        let sent = self
+            .client
+            .send_settle(|| Request::Ack { delivery: id }, false, true)
+            .await;
+        self.settled = true;
+        sent.map(drop)
+    }
+
+    /// Extends the lease by a full lease from now, for a job that runs long; waits (at
+    /// most the request timeout) for the server to confirm. Fails with
+    /// [`Refusal::LeaseExpired`] if the lease had already run out.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not leave the lease extended.
+    pub async fn keep_alive(&self) -> Result<(), RemoteError> {
+        let id = self.id;
+        let seq = self
+            .client
+            .send_settle(|| Request::Touch { delivery: id }, true, false)
+            .await?;
+        self.client.settle_outcome(seq).await
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.settled {
             return;
         }
-        buf.clear();
+        let mut st = self.client.shared.lock();
+        if st.broken.is_some() {
+            return;
+        }
+        // In order with the other settles; if the request channel is full, the lease
+        // returns the item instead.
+        if self
+            .client
+            .requests
+            .try_send(Request::Release { delivery: self.id })
+            .is_ok()
+        {
+            st.settles_sent += 1;
+        }
     }
-    let _ = writer.shutdown().await;
 }
 
-/// Dispatches the server's replies until the connection ends; returns why it ended.
-async fn read_replies<R: AsyncRead + Unpin>(
-    mut reader: R,
-    mut buf: BytesMut,
-    decoder: Decoder,
-    acked: watch::Sender<u64>,
-    deliveries: mpsc::UnboundedSender<(u64, Bytes)>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>,
-) -> String {
-    loop {
-        loop {
-            let frame = match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => return format!("bad frame from server: {e}"),
-            };
-            let Some(reply) = protocol::decode::<Reply>(&frame.body) else {
-                return "undecodable reply from server".into();
-            };
-            match reply {
-                Reply::PutAck { count } => {
-                    acked.send_replace(count);
-                }
-                Reply::Deliver { delivery, item } => {
-                    let _ = deliveries.send((delivery, item));
-                }
-                Reply::Error { req: 0, message } => return format!("server error: {message}"),
-                Reply::Value { req, .. }
-                | Reply::Done { req }
-                | Reply::Stats { req, .. }
-                | Reply::Error { req, .. } => {
-                    if let Some(tx) = pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&req)
-                    {
-                        let _ = tx.send(reply);
-                    }
-                }
-                Reply::Opened { .. } => return "unexpected reply".into(),
-            }
-        }
-        match reader.read_buf(&mut buf).await {
-            Ok(0) => return "server closed the connection".into(),
-            Ok(_) => {}
-            Err(e) => return format!("connection failed: {e}"),
-        }
-    }
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<RemoteQueue<String>>();
+    is::<Delivery>();
 }

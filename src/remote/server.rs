@@ -1,644 +1,716 @@
 //! The queue server: named queues of opaque items, served to authenticated clients.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+mod connection;
+mod queue;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::rustls;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::auth;
-use super::frame::{self, Decoder};
-use super::protocol::{self, QueueStats, Reply, Request};
+use super::error::{ConfigError, RemoteError};
+use super::protocol::{self, Refusal, Reply, Request, ServerStats, ENVELOPE, VERSION};
+use super::transport::{self, Io, Probe};
+use super::{auth, link, trim_key};
+use connection::Conn;
+use queue::{Memory, ServedQueue};
 
-/// Limits and policy of a [`Server`].
-#[derive(Debug, Clone)]
+/// Limits and policy of a [`Server`]. Every value is checked by [`Server::new`].
+///
+/// `Debug` never shows the key.
+#[derive(Clone)]
 pub struct ServerConfig {
     pub(crate) key: Vec<u8>,
     pub(crate) create_on_use: bool,
     pub(crate) max_frame: usize,
     pub(crate) max_connections: usize,
+    pub(crate) max_handshakes: usize,
     pub(crate) connection_memory: usize,
+    pub(crate) memory_limit: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("key", &"<redacted>")
+            .field("create_on_use", &self.create_on_use)
+            .field("max_frame", &self.max_frame)
+            .field("max_connections", &self.max_connections)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("connection_memory", &self.connection_memory)
+            .field("memory_limit", &self.memory_limit)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("lease", &self.lease)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl ServerConfig {
-    /// A configuration with the shared `key` and the defaults: queues must be declared,
-    /// frames up to 16 MiB, 1,024 connections, 64 MiB of buffered data per connection, 5 s
-    /// to authenticate, 10 minutes of silence before a connection is closed.
-    pub fn new(key: impl Into<Vec<u8>>) -> Self {
+    /// A configuration with the shared `key` (trailing ASCII whitespace removed, see
+    /// [`trim_key`](super::trim_key)) and the defaults: queues must be declared, frames
+    /// up to 16 MiB, 1,024 authenticated connections and 256 more in the handshake, 64 MiB
+    /// of puts waiting for room per connection, 1 GiB of items held in all, 5 s to
+    /// authenticate, 30 s of silence (or of not reading) before a peer is disconnected,
+    /// deliveries leased for 30 s, no TLS.
+    pub fn new(key: impl AsRef<[u8]>) -> Self {
         ServerConfig {
-            key: key.into(),
+            key: trim_key(key.as_ref()).to_vec(),
             create_on_use: false,
             max_frame: 16 * 1024 * 1024,
             max_connections: 1024,
+            max_handshakes: 256,
             connection_memory: 64 * 1024 * 1024,
+            memory_limit: 1024 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(30),
+            tls: None,
         }
     }
 
-    /// Create an unbounded queue the first time a client opens an unknown name.
+    /// Create an unbounded queue the first time a client opens an unknown (valid) name.
     pub fn create_on_use(mut self, yes: bool) -> Self {
         self.create_on_use = yes;
         self
     }
 
-    /// The largest frame (one item plus a few bytes) a client may send.
+    /// The largest frame, in bytes, either side sends: an item plus
+    /// [`ENVELOPE`](super::protocol::ENVELOPE) bytes. Clients learn it when they connect
+    /// and refuse to connect if they could not receive such a frame, so the server never
+    /// holds an item a client cannot take. At least 1 KiB, at most 1 GiB.
     pub fn max_frame(mut self, bytes: usize) -> Self {
-        self.max_frame = bytes.max(64);
+        self.max_frame = bytes;
         self
     }
 
-    /// How many connections may be open at once; more wait to be accepted.
+    /// How many authenticated connections may be open at once; a client beyond that is
+    /// refused with [`Refusal::Busy`].
     pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
+        self.max_connections = n;
         self
     }
 
-    /// Bytes a connection may have buffered in the server (puts waiting for room in a
-    /// bounded queue) before the server stops reading from it.
+    /// How many connections may be in the handshake at once. When all these slots are
+    /// taken, a new connection evicts the one that has waited longest if that one has
+    /// waited a tenth of the handshake timeout (a real client is done long before), so
+    /// silent connections cannot keep real clients out; otherwise the new connection is
+    /// closed at once.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n;
+        self
+    }
+
+    /// Bytes of puts a connection may have waiting for room (in a bounded queue, or under
+    /// the memory limit) before the server stops reading from it. At least `max_frame`.
     pub fn connection_memory(mut self, bytes: usize) -> Self {
         self.connection_memory = bytes;
         self
     }
 
-    /// How long a client has to authenticate.
+    /// Bytes of items the server holds in all queues (waiting or delivered and not yet
+    /// acknowledged); puts beyond it wait as for a full queue. At least `max_frame`. The
+    /// server's memory for items is bounded by this plus `connection_memory` for each
+    /// connection.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// How long a client has to finish TLS, authenticate and say hello.
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.handshake_timeout = d;
         self
     }
 
-    /// How long a connection may stay silent before it is closed.
+    /// A peer that sends nothing (clients ping at a quarter of this while connected),
+    /// or does not take what the server writes, for this long is disconnected and its
+    /// deliveries go back to their queue. A producer the server has stopped reading from
+    /// (its puts wait for room) is let go when it hangs up: at once if the kernel says
+    /// so, else when the server's next ping (every quarter of this) draws a reset from
+    /// its host, or, over TCP, when that ping stays unacknowledged for this long. At
+    /// least 200 ms.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
         self
     }
+
+    /// How long a delivery stays with its consumer without an acknowledgement before it
+    /// goes back to the queue (and its ack fails with [`Refusal::LeaseExpired`]);
+    /// [`Delivery::keep_alive`](super::Delivery::keep_alive) extends it. A client may ask
+    /// for its own ([`ClientOptions::lease`](super::ClientOptions::lease)). At least 10 ms.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d;
+        self
+    }
+
+    /// Speak TLS on every connection, with this rustls configuration (see
+    /// [`tls::server_config`](super::tls::server_config)).
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let fail = |what| Err(ConfigError(what));
+        if self.key.is_empty() {
+            return fail("the key is empty");
+        }
+        if self.max_frame < 1024 || self.max_frame > 1 << 30 {
+            return fail("max_frame must be between 1 KiB and 1 GiB");
+        }
+        if self.max_connections == 0 || self.max_handshakes == 0 {
+            return fail("max_connections and max_handshakes must be at least 1");
+        }
+        if self.connection_memory < self.max_frame {
+            return fail("connection_memory must be at least max_frame");
+        }
+        if self.memory_limit < self.max_frame {
+            return fail("memory_limit must be at least max_frame");
+        }
+        if self.handshake_timeout.is_zero() {
+            return fail("handshake_timeout must be above zero");
+        }
+        if self.idle_timeout < Duration::from_millis(200) {
+            return fail("idle_timeout must be at least 200 ms");
+        }
+        if self.lease < Duration::from_millis(10) {
+            return fail("lease must be at least 10 ms");
+        }
+        Ok(())
+    }
+}
+
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    /// Shutting down: no new connections or puts; consumers drain.
+    Draining,
+    /// The grace period is over: connections close.
+    Closing,
 }
 
 /// A queue server, embeddable in any tokio program. Clone it freely: clones are handles
 /// to the same server.
+///
+/// The server keeps its queues in memory: what it holds is gone when it stops. It never
+/// drops an acknowledged item without saying so: [`shutdown`](Self::shutdown) returns
+/// (and logs at error level) every item it discards.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use procq::remote::{RemoteQueue, Server, ServerConfig};
+/// use std::time::Duration;
+///
+/// let server = Server::new(ServerConfig::new("shared key"))?;
+/// server.declare("jobs", 10_000)?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?.to_string();
+/// tokio::spawn({ let server = server.clone(); async move { server.serve_tcp(listener).await } });
+///
+/// let jobs = RemoteQueue::<String>::connect(&addr, "jobs", "shared key").await?;
+/// jobs.put("resize /img/1.png".to_string()).await?;
+/// assert_eq!(jobs.get().await?, "resize /img/1.png");
+/// jobs.close().await?;
+///
+/// let report = server.shutdown(Duration::from_secs(1)).await;
+/// assert!(report.is_clean());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Server {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
-struct Inner {
-    config: ServerConfig,
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.shared.config)
+            .field("phase", &*self.shared.phase.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    /// The largest item accepted.
+    pub(crate) max_item: usize,
     queues: Mutex<HashMap<String, Arc<ServedQueue>>>,
     connections: Arc<Semaphore>,
-    shutdown: Notify,
-    shutting_down: std::sync::atomic::AtomicBool,
+    handshakes: Mutex<VecDeque<(u64, tokio::time::Instant, CancellationToken)>>,
+    next_handshake: AtomicU64,
+    pub(crate) memory: Memory,
+    pub(crate) phase: watch::Sender<Phase>,
+    pub(crate) draining: AtomicBool,
+    /// Something a draining shutdown waits for happened (an ack, a requeue, a
+    /// connection's end); notified only while draining.
+    activity: Notify,
+    tasks: TaskTracker,
 }
 
-/// One named queue.
-struct ServedQueue {
-    name: String,
-    maxsize: usize,
-    state: Mutex<QueueState>,
-    /// Items were added (or returned): consumers with credit look again.
-    items_added: Notify,
-    /// Room was made: puts waiting for a bounded queue look again.
-    room_made: Notify,
-    /// The last unfinished task was done.
-    all_done: Notify,
-    puts: AtomicU64,
-    acks: AtomicU64,
-    redeliveries: AtomicU64,
-    in_flight: AtomicU64,
-    consumers: AtomicU64,
-}
+impl Shared {
+    pub(crate) fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
 
-struct QueueState {
-    items: VecDeque<Bytes>,
-    unfinished: u64,
-}
-
-impl ServedQueue {
-    fn new(name: &str, maxsize: usize) -> Self {
-        ServedQueue {
-            name: name.to_string(),
-            maxsize,
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                unfinished: 0,
-            }),
-            items_added: Notify::new(),
-            room_made: Notify::new(),
-            all_done: Notify::new(),
-            puts: AtomicU64::new(0),
-            acks: AtomicU64::new(0),
-            redeliveries: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            consumers: AtomicU64::new(0),
+    pub(crate) fn note_activity(&self) {
+        if self.draining.load(Ordering::Relaxed) {
+            self.activity.notify_waiters();
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn stats(&self) -> ServerStats {
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = queues.values().map(|q| q.stats()).collect();
+        drop(queues);
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let open = self.config.max_connections - self.connections.available_permits();
+        ServerStats {
+            connections: open as u64,
+            handshaking: self
+                .handshakes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len() as u64,
+            memory: (self.memory.stored.load(Ordering::Relaxed)
+                + self.memory.waiting.load(Ordering::Relaxed)) as u64,
+            queues: list,
+        }
     }
 
-    /// Admits as many of `waiting` as fit; returns how many, and their bytes.
-    fn admit(&self, waiting: &mut VecDeque<Bytes>) -> (usize, usize) {
-        let mut st = self.lock();
-        let (mut n, mut bytes) = (0, 0);
-        while !waiting.is_empty() {
-            if self.maxsize > 0 && st.items.len() >= self.maxsize {
-                break;
+    fn queue(&self, name: &str) -> Result<Arc<ServedQueue>, Refusal> {
+        protocol::check_name(name).map_err(|_| Refusal::InvalidName)?;
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = queues.get(name) {
+            return Ok(q.clone());
+        }
+        if !self.config.create_on_use {
+            return Err(Refusal::UnknownQueue);
+        }
+        let q = Arc::new(ServedQueue::new(name, 0));
+        queues.insert(name.to_string(), q.clone());
+        Ok(q)
+    }
+
+    /// Takes a handshake slot, evicting the oldest handshake if none is free and it has
+    /// waited long enough; `None` if no slot can be had.
+    fn enter_handshake(self: &Arc<Self>) -> Option<HandshakeSlot> {
+        let id = self.next_handshake.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let now = tokio::time::Instant::now();
+        let mut pending = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= self.config.max_handshakes {
+            let patience = self.config.handshake_timeout / 10;
+            match pending.front() {
+                Some((_, since, _)) if now.duration_since(*since) >= patience => {
+                    let (_, _, oldest) = pending.pop_front().expect("front");
+                    oldest.cancel();
+                }
+                _ => return None,
             }
-            let item = waiting.pop_front().expect("not empty");
-            bytes += item.len();
-            st.items.push_back(item);
-            st.unfinished += 1;
-            n += 1;
         }
-        drop(st);
-        if n > 0 {
-            self.puts.fetch_add(n as u64, Ordering::Relaxed);
-            self.items_added.notify_waiters();
-        }
-        (n, bytes)
+        pending.push_back((id, now, token.clone()));
+        Some(HandshakeSlot {
+            shared: self.clone(),
+            id,
+            evicted: token,
+        })
+    }
+}
+
+/// A connection's place among those in the handshake; given up on drop.
+struct HandshakeSlot {
+    shared: Arc<Shared>,
+    id: u64,
+    evicted: CancellationToken,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut pending = self
+            .shared
+            .handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+/// What [`Server::shutdown`] discarded: items still queued, or delivered and never
+/// acknowledged, when the grace period ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "a shutdown report says which items were discarded"]
+pub struct ShutdownReport {
+    /// Items discarded, per queue (only queues that lost any), sorted by name.
+    pub discarded: Vec<(String, u64)>,
+}
+
+impl ShutdownReport {
+    /// Nothing was discarded.
+    pub fn is_clean(&self) -> bool {
+        self.discarded.is_empty()
     }
 
-    fn pop(&self) -> Option<Bytes> {
-        let item = self.lock().items.pop_front();
-        if item.is_some() && self.maxsize > 0 {
-            self.room_made.notify_waiters();
-        }
-        item
+    /// Items discarded in all.
+    pub fn total(&self) -> u64 {
+        self.discarded.iter().map(|(_, n)| n).sum()
     }
+}
 
-    /// Puts unacknowledged deliveries back at the front, in their original order.
-    fn requeue(&self, items: impl DoubleEndedIterator<Item = Bytes>) {
-        let mut st = self.lock();
-        let mut n = 0u64;
-        for item in items.rev() {
-            st.items.push_front(item);
-            n += 1;
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_clean() {
+            return f.write_str("no items discarded");
         }
-        drop(st);
-        if n > 0 {
-            self.redeliveries.fetch_add(n, Ordering::Relaxed);
-            self.in_flight.fetch_sub(n, Ordering::Relaxed);
-            self.items_added.notify_waiters();
+        write!(f, "discarded {} items:", self.total())?;
+        for (name, n) in &self.discarded {
+            write!(f, " {name} {n}")?;
         }
-    }
-
-    fn stats(&self) -> QueueStats {
-        QueueStats {
-            name: self.name.clone(),
-            len: self.lock().items.len() as u64,
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            consumers: self.consumers.load(Ordering::Relaxed),
-            puts: self.puts.load(Ordering::Relaxed),
-            acks: self.acks.load(Ordering::Relaxed),
-            redeliveries: self.redeliveries.load(Ordering::Relaxed),
-        }
+        Ok(())
     }
 }
 
 impl Server {
-    /// A server with no queues yet; see [`declare`](Self::declare).
-    pub fn new(config: ServerConfig) -> Self {
-        let connections = Arc::new(Semaphore::new(config.max_connections));
-        Server {
-            inner: Arc::new(Inner {
+    /// A server with no queues yet; see [`declare`](Self::declare). Fails if a
+    /// configuration value cannot work (an empty key, limits that contradict each other,
+    /// zero timeouts).
+    pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
+        config.check()?;
+        let (phase, _) = watch::channel(Phase::Running);
+        Ok(Server {
+            shared: Arc::new(Shared {
+                max_item: config.max_frame - ENVELOPE,
+                connections: Arc::new(Semaphore::new(config.max_connections)),
+                memory: Memory::new(config.memory_limit),
                 config,
                 queues: Mutex::new(HashMap::new()),
-                connections,
-                shutdown: Notify::new(),
-                shutting_down: std::sync::atomic::AtomicBool::new(false),
+                handshakes: Mutex::new(VecDeque::new()),
+                next_handshake: AtomicU64::new(0),
+                phase,
+                draining: AtomicBool::new(false),
+                activity: Notify::new(),
+                tasks: TaskTracker::new(),
             }),
-        }
+        })
     }
 
     /// Declares a queue holding at most `maxsize` items (0: unbounded). Declaring an
-    /// existing name changes nothing.
-    pub fn declare(&self, name: &str, maxsize: usize) {
-        let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+    /// existing name changes nothing. Fails with [`RemoteError::InvalidName`] for a name
+    /// that [`check_name`](super::protocol::check_name) refuses.
+    pub fn declare(&self, name: &str, maxsize: usize) -> Result<(), RemoteError> {
+        protocol::check_name(name).map_err(RemoteError::InvalidName)?;
+        let mut queues = self.shared.queues.lock().unwrap_or_else(|e| e.into_inner());
         queues
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(ServedQueue::new(name, maxsize)));
+        Ok(())
     }
 
-    /// Every queue's statistics, sorted by name.
-    pub fn stats(&self) -> Vec<QueueStats> {
-        self.inner.stats()
+    /// The server's statistics: connections, memory, and every queue, sorted by name.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats()
     }
 
-    /// Serves connections accepted from a TCP listener until [`shutdown`](Self::shutdown).
+    /// Serves connections accepted from a TCP listener, each on its own task, until
+    /// [`shutdown`](Self::shutdown) begins (then returns `Ok` and drops the listener, so
+    /// new connections are refused). An accept that fails (a client gone already,
+    /// descriptors exhausted) is logged and does not end the server.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping this future stops accepting; connections already accepted go on.
     pub async fn serve_tcp(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        let listener = &listener;
-        self.accept_loop(move || async move {
-            let (stream, _) = listener.accept().await?;
+        // Data the peer's host does not acknowledge (a dead host, a cut network) for the
+        // idle timeout ends the connection in the kernel, even while the server is not
+        // reading from it.
+        let unacked_limit = self
+            .shared
+            .config
+            .idle_timeout
+            .as_millis()
+            .min(u32::MAX as u128) as u32;
+        self.accept_loop(|| async {
+            let (stream, peer) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            Ok(stream)
+            let _ = rustix::net::sockopt::set_tcp_user_timeout(&stream, unacked_limit);
+            let probe = Probe::tcp(&stream);
+            Ok((stream, peer.to_string(), probe))
         })
         .await
     }
 
-    /// Serves connections accepted from a Unix-socket listener until
-    /// [`shutdown`](Self::shutdown).
+    /// Serves connections accepted from a Unix-socket listener (see
+    /// [`bind_unix`](super::bind_unix)), as [`serve_tcp`](Self::serve_tcp) does.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping this future stops accepting; connections already accepted go on.
     pub async fn serve_unix(&self, listener: tokio::net::UnixListener) -> std::io::Result<()> {
-        let listener = &listener;
-        self.accept_loop(move || async move { Ok(listener.accept().await?.0) })
-            .await
+        self.accept_loop(|| async {
+            let (stream, _) = listener.accept().await?;
+            let probe = Probe::unix(&stream);
+            Ok((stream, "unix socket".to_string(), probe))
+        })
+        .await
     }
 
-    /// Accepts connections (at most `max_connections` open at once) and serves each on
-    /// its own task, until shutdown.
     async fn accept_loop<S, F, Fut>(&self, mut accept: F) -> std::io::Result<()>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Io,
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = std::io::Result<S>>,
+        Fut: std::future::Future<Output = std::io::Result<(S, String, Option<Probe>)>>,
     {
+        let mut phase = self.shared.phase.subscribe();
         loop {
-            let shutdown = self.inner.shutdown.notified();
-            tokio::pin!(shutdown);
-            shutdown.as_mut().enable();
-            if self.inner.shutting_down.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            let permit = tokio::select! {
-                permit = self.inner.connections.clone().acquire_owned() => permit.expect("never closed"),
-                _ = &mut shutdown => return Ok(()),
-            };
-            let stream = tokio::select! {
+            let accepted = tokio::select! {
+                biased;
+                _ = phase.wait_for(|p| *p != Phase::Running) => return Ok(()),
                 accepted = accept() => accepted,
-                _ = &mut shutdown => return Ok(()),
             };
-            let stream = match stream {
-                Ok(stream) => stream,
-                Err(e) => {
-                    // A failed accept (a client gone already, descriptors exhausted) must
-                    // not end the server; pause briefly so exhaustion does not spin.
-                    tracing::warn!(error = %e, "procq server: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+            match accepted {
+                Ok((stream, peer, probe)) => {
+                    let Some(slot) = self.shared.enter_handshake() else {
+                        tracing::warn!(%peer, "procq server: handshake slots full, connection closed");
+                        continue;
+                    };
+                    let shared = self.shared.clone();
+                    self.shared
+                        .tasks
+                        .spawn(connection(shared, stream, peer, probe, slot));
                 }
-            };
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                inner.connection(stream).await;
-                drop(permit);
-            });
+                Err(e) => {
+                    tracing::error!(error = %e, "procq server: accept failed");
+                    // Descriptors exhausted: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
     }
 
-    /// Waits until every connection has closed (after [`shutdown`](Self::shutdown)).
-    pub async fn closed(&self) {
-        let all = self.inner.config.max_connections as u32;
-        let _ = self.inner.connections.acquire_many(all).await;
+    /// The first step of [`shutdown`](Self::shutdown), at once and without waiting: the
+    /// accept loops return, and every put not yet held is refused with
+    /// [`Refusal::ShuttingDown`]. Consumers go on. Calling it again does nothing.
+    pub fn begin_shutdown(&self) {
+        let shared = &self.shared;
+        shared.draining.store(true, Ordering::SeqCst);
+        shared.phase.send_if_modified(|p| {
+            let was = *p;
+            if was == Phase::Running {
+                *p = Phase::Draining;
+            }
+            was == Phase::Running
+        });
     }
 
-    /// Stops accepting connections. Connected clients have their in-flight puts read and
-    /// acknowledged, then their connections close.
-    pub fn shutdown(&self) {
-        self.inner.shutting_down.store(true, Ordering::SeqCst);
-        self.inner.shutdown.notify_waiters();
+    /// True once [`shutdown`](Self::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.phase() != Phase::Running
+    }
+
+    /// Shuts the server down without losing anything silently:
+    ///
+    /// 1. at once, the accept loops return (new connections are refused), and every put
+    ///    not yet held, from now on, is refused with [`Refusal::ShuttingDown`] (the
+    ///    client's `put` fails, and `flush` hands the item back);
+    /// 2. consumers go on getting and acknowledging until every queue is empty and
+    ///    nothing is in flight, or no connection is left, or `grace` has passed;
+    /// 3. then every connection is closed (unacknowledged deliveries go back to their
+    ///    queue), and whatever the queues still hold is discarded: returned in the
+    ///    report and logged at error level.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping this future after it began leaves the server refusing puts and new
+    /// connections, with its queues intact; calling it again resumes.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.begin_shutdown();
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let activity = shared.activity.notified();
+            tokio::pin!(activity);
+            activity.as_mut().enable();
+            let stats = shared.stats();
+            let drained = stats.queues.iter().all(|q| q.len == 0 && q.in_flight == 0);
+            if drained || stats.connections == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, activity).await.is_err() {
+                break;
+            }
+        }
+        shared.phase.send_replace(Phase::Closing);
+        shared.tasks.close();
+        let closing = shared.config.idle_timeout + shared.config.handshake_timeout;
+        if tokio::time::timeout(closing, shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("procq server: connections still open after the grace period");
+        }
+        let queues: Vec<Arc<ServedQueue>> = shared
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut report = ShutdownReport::default();
+        for q in queues {
+            // In flight only if a connection did not close in time.
+            let n = q.clear(&shared.memory) + q.in_flight.load(Ordering::Relaxed);
+            if n > 0 {
+                tracing::error!(
+                    queue = %q.name,
+                    items = n,
+                    "procq server: shutdown discards items still held"
+                );
+                report.discarded.push((q.name.clone(), n));
+            }
+        }
+        report.discarded.sort();
+        report
     }
 }
 
-impl Inner {
-    fn stats(&self) -> Vec<QueueStats> {
-        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stats: Vec<QueueStats> = queues.values().map(|q| q.stats()).collect();
-        stats.sort_by(|a, b| a.name.cmp(&b.name));
-        stats
-    }
-
-    fn queue(&self, name: &str) -> Option<Arc<ServedQueue>> {
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(q) = queues.get(name) {
-            return Some(q.clone());
+/// One client, from TLS and handshake to close. Never panics on what the client sends:
+/// any protocol violation closes this connection only.
+async fn connection<S: Io>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: String,
+    probe: Option<Probe>,
+    slot: HandshakeSlot,
+) {
+    let config = &shared.config;
+    let setup = async {
+        let (stream, binding) = transport::accept(stream, config.tls.as_ref())
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        let mut framed = auth::framed(stream);
+        auth::server(&mut framed, &config.key, &binding)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut session = link::session::<Request, Reply>(framed, config.max_frame);
+        match session.next().await {
+            Some(Ok(Request::Hello {
+                version,
+                queue,
+                max_frame,
+                lease_ms,
+            })) => Ok((session, version, queue, max_frame, lease_ms)),
+            Some(Ok(_)) => Err("expected hello".to_string()),
+            Some(Err(e)) => Err(format!("hello: {e}")),
+            None => Err("closed before hello".to_string()),
         }
-        if !self.config.create_on_use {
-            return None;
-        }
-        let q = Arc::new(ServedQueue::new(name, 0));
-        queues.insert(name.to_string(), q.clone());
-        Some(q)
-    }
-
-    /// One client, from handshake to close. Never panics on what the client sends: any
-    /// protocol violation closes this connection only.
-    async fn connection<S>(self: &Arc<Self>, mut stream: S)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let handshake = auth::server(&mut stream, &self.config.key);
-        match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "procq server: handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("procq server: handshake timed out");
-                return;
-            }
-        }
-        let (reader, writer) = tokio::io::split(stream);
-        let (replies, outgoing) = mpsc::channel::<Reply>(1024);
-        let writing = tokio::spawn(write_replies(writer, outgoing));
-        let mut conn = Connection::new(self.clone(), replies);
-        if let Err(reason) = conn.run(reader).await {
-            tracing::debug!(reason, "procq server: connection closed");
-        }
-        conn.finish();
-        drop(conn);
-        let _ = writing.await;
-    }
-}
-
-/// Writes replies as they come, coalescing whatever is queued into one write.
-async fn write_replies<W: AsyncWrite + Unpin>(mut writer: W, mut outgoing: mpsc::Receiver<Reply>) {
-    let mut buf = BytesMut::new();
-    while let Some(reply) = outgoing.recv().await {
-        frame::encode(protocol::MESSAGE, &protocol::encode(&reply), &mut buf);
-        while buf.len() < 256 * 1024 {
-            match outgoing.try_recv() {
-                Ok(reply) => frame::encode(protocol::MESSAGE, &protocol::encode(&reply), &mut buf),
-                Err(_) => break,
-            }
-        }
-        if writer.write_all(&buf).await.is_err() {
+    };
+    let setup = tokio::select! {
+        _ = slot.evicted.cancelled() => {
+            tracing::debug!(%peer, "procq server: handshake evicted (handshake slots full)");
             return;
         }
-        buf.clear();
-    }
-    let _ = writer.shutdown().await;
-}
-
-/// A client connection's state in the server.
-struct Connection {
-    server: Arc<Inner>,
-    replies: mpsc::Sender<Reply>,
-    queue: Option<Arc<ServedQueue>>,
-    /// Deliveries the client may still receive.
-    credits: u64,
-    /// Delivered and not yet acknowledged, by delivery number.
-    unacked: BTreeMap<u64, Bytes>,
-    next_delivery: u64,
-    /// Puts read and held (admitted to the queue).
-    puts_held: u64,
-    puts_acked: u64,
-    /// Puts read but waiting for room in a bounded queue.
-    waiting: VecDeque<Bytes>,
-    waiting_bytes: usize,
-    /// This connection has granted credit, so it counts in the queue's consumers.
-    counted_consumer: bool,
-}
-
-impl Connection {
-    fn new(server: Arc<Inner>, replies: mpsc::Sender<Reply>) -> Self {
-        Connection {
-            server,
-            replies,
-            queue: None,
-            credits: 0,
-            unacked: BTreeMap::new(),
-            next_delivery: 1,
-            puts_held: 0,
-            puts_acked: 0,
-            waiting: VecDeque::new(),
-            waiting_bytes: 0,
-            counted_consumer: false,
+        setup = tokio::time::timeout(config.handshake_timeout, setup) => setup,
+    };
+    let (mut session, version, queue, max_frame, lease_ms) = match setup {
+        Ok(Ok(setup)) => setup,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "procq server: handshake failed");
+            return;
         }
-    }
-
-    async fn run<R: AsyncRead + Unpin>(&mut self, mut reader: R) -> Result<(), &'static str> {
-        let decoder = Decoder::new(self.server.config.max_frame);
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            self.deliver().await?;
-            self.admit_waiting();
-            self.ack_puts().await?;
-            let queue = self.queue.clone();
-            let unopened = Notify::new(); // nothing to wait for before a queue is open
-            let items_added = queue
-                .as_ref()
-                .map_or(&unopened, |q| &q.items_added)
-                .notified();
-            let room_made = queue
-                .as_ref()
-                .map_or(&unopened, |q| &q.room_made)
-                .notified();
-            tokio::pin!(items_added, room_made);
-            items_added.as_mut().enable();
-            room_made.as_mut().enable();
-            // Look again after registering, so no wake-up is missed.
-            if self.can_deliver() || self.can_admit() {
-                continue;
-            }
-            let reading = self.waiting_bytes < self.server.config.connection_memory;
-            let server = self.server.clone();
-            let shutdown = server.shutdown.notified();
-            tokio::pin!(shutdown);
-            shutdown.as_mut().enable();
-            let closing = self.server.shutting_down.load(Ordering::SeqCst);
-            // Shutting down: keep reading what the client already sent until it has been
-            // quiet briefly, so its in-flight puts are held and acknowledged; then close.
-            let idle = if closing {
-                Duration::from_millis(200)
-            } else {
-                self.server.config.idle_timeout
-            };
-            tokio::select! {
-                read = tokio::time::timeout(idle, reader.read_buf(&mut buf)), if reading => {
-                    match read {
-                        Err(_) if closing => {
-                            self.admit_waiting();
-                            self.ack_puts().await?;
-                            return Ok(());
-                        }
-                        Err(_) => return Err("idle timeout"),
-                        Ok(Err(_)) => return Err("read failed"),
-                        Ok(Ok(0)) => return Ok(()),
-                        Ok(Ok(_)) => {}
-                    }
-                    while let Some(frame) = decoder.decode(&mut buf).map_err(|_| "bad frame")? {
-                        if frame.kind != protocol::MESSAGE {
-                            return Err("unknown frame kind");
-                        }
-                        let request: Request =
-                            protocol::decode(&frame.body).ok_or("undecodable request")?;
-                        self.handle(request).await?;
-                    }
-                }
-                _ = &mut items_added, if self.credits > 0 => {}
-                _ = &mut room_made, if !self.waiting.is_empty() => {}
-                _ = &mut shutdown, if !closing => {}
-            }
+        Err(_) => {
+            tracing::warn!(%peer, "procq server: handshake timed out");
+            return;
         }
-    }
-
-    fn can_deliver(&self) -> bool {
-        self.credits > 0
-            && self
-                .queue
-                .as_ref()
-                .is_some_and(|q| !q.lock().items.is_empty())
-    }
-
-    fn can_admit(&self) -> bool {
-        !self.waiting.is_empty()
-            && self
-                .queue
-                .as_ref()
-                .is_some_and(|q| q.maxsize == 0 || q.lock().items.len() < q.maxsize)
-    }
-
-    async fn send(&self, reply: Reply) -> Result<(), &'static str> {
-        self.replies.send(reply).await.map_err(|_| "writer gone")
-    }
-
-    async fn handle(&mut self, request: Request) -> Result<(), &'static str> {
-        if self.queue.is_none() && !matches!(request, Request::Open { .. } | Request::Stat { .. }) {
-            return Err("request before open");
+    };
+    drop(slot);
+    let refuse = |code| Reply::Refused { code };
+    let admitted = (|| {
+        if version != VERSION {
+            return Err(Refusal::Version);
         }
-        match request {
-            Request::Open { queue } => {
-                if self.queue.is_some() {
-                    return Err("open twice");
-                }
-                match self.server.queue(&queue) {
-                    Some(q) => {
-                        let maxsize = q.maxsize as u64;
-                        self.queue = Some(q);
-                        self.send(Reply::Opened { maxsize }).await?;
-                    }
-                    None => {
-                        let message = format!("no queue named {queue:?}");
-                        self.send(Reply::Error { req: 0, message }).await?;
-                        return Err("unknown queue");
-                    }
-                }
-            }
-            Request::Put { item } => {
-                self.waiting_bytes += item.len();
-                self.waiting.push_back(item);
-            }
-            Request::Credit { n } => {
-                self.credits = self.credits.saturating_add(n as u64);
-                if !self.counted_consumer {
-                    self.counted_consumer = true;
-                    if let Some(q) = &self.queue {
-                        q.consumers.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Request::Ack { delivery } => {
-                if self.unacked.remove(&delivery).is_some() {
-                    if let Some(q) = &self.queue {
-                        q.acks.fetch_add(1, Ordering::Relaxed);
-                        q.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Request::Len { req } => {
-                let value = self
-                    .queue
-                    .as_ref()
-                    .map_or(0, |q| q.lock().items.len() as u64);
-                self.send(Reply::Value { req, value }).await?;
-            }
-            Request::TaskDone { req } => {
-                let q = self.queue.as_ref().expect("checked above");
-                let left = {
-                    let mut st = q.lock();
-                    if st.unfinished == 0 {
-                        None
-                    } else {
-                        st.unfinished -= 1;
-                        Some(st.unfinished)
-                    }
-                };
-                match left {
-                    None => {
-                        let message = "task_done() called more times than items were put".into();
-                        self.send(Reply::Error { req, message }).await?;
-                    }
-                    Some(left) => {
-                        if left == 0 {
-                            q.all_done.notify_waiters();
-                        }
-                        self.send(Reply::Done { req }).await?;
-                    }
-                }
-            }
-            Request::Join { req } => {
-                let q = self.queue.clone().expect("checked above");
-                let replies = self.replies.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let done = q.all_done.notified();
-                        tokio::pin!(done);
-                        done.as_mut().enable();
-                        if q.lock().unfinished == 0 {
-                            break;
-                        }
-                        done.await;
-                    }
-                    let _ = replies.send(Reply::Done { req }).await;
-                });
-            }
-            Request::Stat { req } => {
-                let queues = self.server.stats();
-                self.send(Reply::Stats { req, queues }).await?;
-            }
+        if shared.phase() != Phase::Running {
+            return Err(Refusal::ShuttingDown);
         }
-        Ok(())
-    }
-
-    /// Pushes items while there is credit.
-    async fn deliver(&mut self) -> Result<(), &'static str> {
-        let Some(q) = self.queue.clone() else {
-            return Ok(());
-        };
-        while self.credits > 0 {
-            let Some(item) = q.pop() else { break };
-            self.credits -= 1;
-            let delivery = self.next_delivery;
-            self.next_delivery += 1;
-            self.unacked.insert(delivery, item.clone());
-            q.in_flight.fetch_add(1, Ordering::Relaxed);
-            self.send(Reply::Deliver { delivery, item }).await?;
+        if max_frame < config.max_frame as u64 {
+            return Err(Refusal::FrameLimit);
         }
-        Ok(())
-    }
-
-    fn admit_waiting(&mut self) {
-        let Some(q) = self.queue.clone() else { return };
-        let (n, bytes) = q.admit(&mut self.waiting);
-        self.waiting_bytes -= bytes;
-        self.puts_held += n as u64;
-    }
-
-    /// Acknowledges every put held since the last acknowledgement, in one message.
-    async fn ack_puts(&mut self) -> Result<(), &'static str> {
-        if self.puts_held > self.puts_acked {
-            self.puts_acked = self.puts_held;
-            self.send(Reply::PutAck {
-                count: self.puts_held,
+        let queue = queue
+            .as_deref()
+            .map(|name| shared.queue(name))
+            .transpose()?;
+        let permit = shared
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Busy)?;
+        Ok((queue, permit))
+    })();
+    let (queue, permit) = match admitted {
+        Ok(admitted) => admitted,
+        Err(code) => {
+            tracing::debug!(%peer, %code, "procq server: connection refused");
+            let _ = tokio::time::timeout(config.handshake_timeout, async {
+                session.send(refuse(code)).await?;
+                SinkExt::<Reply>::close(&mut session).await
             })
-            .await?;
+            .await;
+            return;
         }
-        Ok(())
+    };
+    let lease = lease_ms
+        .map(|ms| Duration::from_millis(ms.clamp(10, 24 * 3600 * 1000)))
+        .unwrap_or(config.lease);
+    let welcome = Reply::Welcome {
+        maxsize: queue.as_ref().map_or(0, |q| q.maxsize as u64),
+        max_item: shared.max_item as u64,
+        idle_timeout_ms: config.idle_timeout.as_millis() as u64,
+        lease_ms: lease.as_millis() as u64,
+    };
+    if tokio::time::timeout(config.handshake_timeout, session.send(welcome))
+        .await
+        .map_or(true, |sent| sent.is_err())
+    {
+        return;
     }
-
-    /// The connection ended: unacknowledged deliveries go back to the queue.
-    fn finish(&mut self) {
-        if let Some(q) = &self.queue {
-            let unacked = std::mem::take(&mut self.unacked);
-            q.requeue(unacked.into_values().collect::<Vec<_>>().into_iter());
-            if self.counted_consumer {
-                q.consumers.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
+    let (mut inbox, writer) = link::split::<Request, Reply>(session, config.idle_timeout);
+    let (replies, outgoing) = tokio::sync::mpsc::channel(1024);
+    // Deliveries stay within the client's frame limit (at least ours).
+    let merge_limit = (max_frame as usize).min(256 * 1024) - ENVELOPE;
+    let writing = tokio::spawn(link::write_loop(
+        writer,
+        outgoing,
+        merge_limit,
+        config.idle_timeout / 4,
+        Some(config.idle_timeout),
+        CancellationToken::new(),
+    ));
+    let mut conn = Conn::new(
+        shared.clone(),
+        replies,
+        queue,
+        lease,
+        peer.clone(),
+        merge_limit,
+    );
+    let ended = conn.run(&mut inbox, probe.as_ref()).await;
+    tracing::debug!(%peer, reason = %ended, "procq server: connection closed");
+    conn.finish(ended);
+    drop(conn);
+    drop(inbox);
+    let _ = writing.await;
+    drop(permit);
+    shared.note_activity();
 }
