@@ -97,6 +97,7 @@ mod recv;
 pub mod remote;
 mod report;
 mod send;
+mod shared_bytes;
 mod spawn;
 #[allow(unsafe_code)]
 mod sys;
@@ -111,6 +112,7 @@ pub use error::{
 };
 pub use fd::Fd;
 pub use options::Options;
+pub use shared_bytes::SharedBytes;
 pub use queue::{queue_options, JoinableQueue, Queue, SimpleQueue};
 pub use remote::{AuthError, RemoteError};
 pub use spawn::{pass, spawn, Passable, SpawnCommand};
@@ -133,7 +135,7 @@ pub fn __fuzz_decode_datagram(datagram: &[u8]) {
     if let Ok(wire::Body::Inline { count, .. }) = wire::parse(datagram, u32::MAX as u64) {
         let mut entries = wire::Entries::new(count);
         while let Some(entry) = entries.next_entry(datagram) {
-            let _ = wire::decode::<(u64, String, Vec<u8>)>(&datagram[entry.range], Vec::new());
+            let _ = wire::decode::<(u64, String, Vec<u8>)>(&datagram[entry.range], Vec::new(), None);
         }
     }
 }

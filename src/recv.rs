@@ -36,16 +36,31 @@ pub(crate) enum Take<R> {
     Keep(R),
 }
 
-/// Something that looks at the next message's bytes and may take the descriptors its
-/// item carries (those it leaves are closed when it consumes the message, and kept with
-/// the message when it keeps it).
-pub(crate) type Taker<'a, R> = &'a mut (dyn FnMut(&[u8], &mut Vec<OwnedFd>) -> Take<R> + Send);
+/// The next message, shown to a taker: its bytes, the descriptors its item carries (those
+/// the taker leaves are closed when it consumes the message, and kept with the message
+/// when it keeps it), and, for an out-of-line item, the mapping its bytes live in (so a
+/// [`SharedBytes`](crate::SharedBytes) can point into it instead of copying).
+pub(crate) struct Message<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) fds: &'a mut Vec<OwnedFd>,
+    pub(crate) mapping: Option<&'a Arc<Mapping>>,
+}
+
+impl Message<'_> {
+    /// Decodes the message as a `T`, with its descriptors and mapping.
+    pub(crate) fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, DecodeError> {
+        wire::decode(self.bytes, std::mem::take(self.fds), self.mapping.cloned())
+    }
+}
+
+/// Something that looks at the next message.
+pub(crate) type Taker<'a, R> = &'a mut (dyn FnMut(Message<'_>) -> Take<R> + Send);
 
 /// An out-of-line item received and not yet taken.
 struct OutOfLine {
     /// Kept so the item can be handed back.
     memfd: OwnedFd,
-    map: Mapping,
+    map: Arc<Mapping>,
     /// The descriptors the item carries.
     fds: Vec<OwnedFd>,
 }
@@ -273,7 +288,12 @@ impl Inbox {
         let st = &mut *st;
         if let Some(ool) = &mut st.out_of_line {
             let mut fds = std::mem::take(&mut ool.fds);
-            return Some(Ok(match take(&ool.map, &mut fds) {
+            let message = Message {
+                bytes: &ool.map,
+                fds: &mut fds,
+                mapping: Some(&ool.map),
+            };
+            return Some(Ok(match take(message) {
                 Take::Consume(r) => {
                     st.out_of_line = None; // closes what the taker left
                     self.sync_holding(st);
@@ -288,7 +308,12 @@ impl Inbox {
         let mut after = st.entries.clone();
         if let Some(entry) = after.next_entry(&st.buf[..st.len]) {
             let mut fds: Vec<OwnedFd> = st.fds.drain(..entry.fds.min(st.fds.len())).collect();
-            return Some(Ok(match take(&st.buf[entry.range], &mut fds) {
+            let message = Message {
+                bytes: &st.buf[entry.range],
+                fds: &mut fds,
+                mapping: None,
+            };
+            return Some(Ok(match take(message) {
                 Take::Consume(r) => {
                     drop(fds); // closes what the taker left
                     st.entries = after;
@@ -371,7 +396,7 @@ impl Inbox {
                     Ok(map) => {
                         st.out_of_line = Some(OutOfLine {
                             memfd,
-                            map,
+                            map: Arc::new(map),
                             fds: received.collect(),
                         });
                         None

@@ -580,3 +580,43 @@ fn a_sender_keeps_no_copy_of_a_descriptor_once_it_is_written() {
         }
     });
 }
+
+/// Is `p` inside a mapping of one of procq's item memfds (per `/proc/self/maps`)?
+fn in_an_item_mapping(p: *const u8) -> bool {
+    let at = p as usize;
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .any(|line| {
+            let range = line.split(' ').next().unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b) = (
+                usize::from_str_radix(a, 16).unwrap(),
+                usize::from_str_radix(b, 16).unwrap(),
+            );
+            (a..b).contains(&at) && line.contains("memfd:procq-item")
+        })
+}
+
+#[test]
+fn a_large_payload_is_received_without_a_copy() {
+    serially(async {
+        let (tx, rx) = procq::channel::<(u32, procq::SharedBytes)>().unwrap();
+        let payload: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+        tx.send((1, payload.clone().into())).await.unwrap();
+        tx.send((2, vec![9u8; 100].into())).await.unwrap();
+        let (n, big) = rx.recv().await.unwrap();
+        assert_eq!(n, 1);
+        assert!(
+            in_an_item_mapping(big.as_ptr()),
+            "an out-of-line payload points into the sender's memfd"
+        );
+        assert_eq!(&big[..], &payload[..]);
+        let small = rx.recv().await.unwrap().1;
+        assert!(!in_an_item_mapping(small.as_ptr()), "a small one is copied");
+        // The mapping lives as long as the bytes do, through clones and conversion.
+        let kept: bytes::Bytes = big.clone().into();
+        drop(big);
+        assert_eq!(kept[8 << 19], payload[8 << 19]);
+    });
+}

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -13,8 +12,8 @@ use serde::de::DeserializeOwned;
 
 use super::{deadline_in_runtime, TypeName};
 use crate::error::{DecodeError, RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
-use crate::recv::{Inbox, Take};
-use crate::wire;
+use crate::recv::{Inbox, Message, Take};
+
 
 type Filling = Pin<Box<dyn Future<Output = Result<(), RecvError>> + Send>>;
 
@@ -52,16 +51,13 @@ pub struct Receiver<T> {
     _item: PhantomData<fn() -> T>,
 }
 
-fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
-    fds: &mut Vec<OwnedFd>,
-) -> Take<Result<T, DecodeError>> {
-    Take::Consume(wire::decode(bytes, std::mem::take(fds)))
+fn decode<T: DeserializeOwned>(message: Message<'_>) -> Take<Result<T, DecodeError>> {
+    Take::Consume(message.decode())
 }
 
 /// A raw message's bytes (descriptors, which raw messages never carry, are closed).
-fn bytes(b: &[u8], _fds: &mut Vec<OwnedFd>) -> Take<Vec<u8>> {
-    Take::Consume(b.to_vec())
+fn bytes(message: Message<'_>) -> Take<Vec<u8>> {
+    Take::Consume(message.bytes.to_vec())
 }
 
 impl<T> Receiver<T> {
@@ -240,7 +236,8 @@ impl<T> Receiver<T> {
     /// `Connection.recv_bytes_into()`. Cancel-safe; for a deadline, wrap it in
     /// `tokio::time::timeout` (a timeout consumes nothing).
     pub async fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {
-        let mut take = |b: &[u8], _fds: &mut Vec<OwnedFd>| {
+        let mut take = |message: Message<'_>| {
+            let b = message.bytes;
             if b.len() > buf.len() {
                 Take::Keep(Err(RecvIntoError::BufferTooSmall { needed: b.len() }))
             } else {

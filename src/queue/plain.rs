@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +17,10 @@ use crate::error::{
     SendErrorKind, SendTimeoutError, TryRecvError, TrySendError,
 };
 use crate::options::Options;
-use crate::recv::Take;
+use crate::recv::{Message, Take};
 use crate::send::{Fail, Item};
 use crate::spawn::{self, Kind, Passable, Passed};
-use crate::{wire, Drained};
+use crate::Drained;
 
 /// A multi-producer, multi-consumer queue shared between processes: Python's
 /// `multiprocessing.Queue`. Every process that holds it (passed with [`pass`](crate::pass))
@@ -61,11 +60,8 @@ pub struct Queue<T> {
     _item: PhantomData<fn(T) -> T>,
 }
 
-fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
-    fds: &mut Vec<OwnedFd>,
-) -> Take<Result<T, crate::error::DecodeError>> {
-    Take::Consume(wire::decode(bytes, std::mem::take(fds)))
+fn decode<T: DeserializeOwned>(message: Message<'_>) -> Take<Result<T, crate::error::DecodeError>> {
+    Take::Consume(message.decode())
 }
 
 impl<T> Queue<T> {

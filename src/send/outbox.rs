@@ -183,14 +183,17 @@ impl Pending {
             let decoded = match rec {
                 Record::Entry(bytes, n) => {
                     let own: Vec<OwnedFd> = fds.by_ref().take(n).collect();
-                    wire::decode::<T>(bytes, own).ok()
+                    wire::decode::<T>(bytes, own, None).ok()
                 }
                 Record::OutOfLine(size, n) => {
                     let memfd = fds.next();
                     let own: Vec<OwnedFd> = fds.by_ref().take(n).collect();
                     match memfd {
                         Some(fd) if size <= max_item => match memfd::map_sealed(&fd, size) {
-                            Ok(map) => wire::decode::<T>(&map, own).ok(),
+                            Ok(map) => {
+                                let map = std::sync::Arc::new(map);
+                                wire::decode::<T>(&map, own, Some(map.clone())).ok()
+                            }
                             Err(_) => None,
                         },
                         _ => None,

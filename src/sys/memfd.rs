@@ -88,7 +88,8 @@ pub(crate) fn map_sealed(fd: &OwnedFd, announced: u64) -> Result<Mapping, MapErr
             std::ptr::null_mut(),
             len,
             rustix::mm::ProtFlags::READ,
-            rustix::mm::MapFlags::SHARED,
+            // Populated: the pages are mapped in one call instead of one fault each.
+            rustix::mm::MapFlags::SHARED | rustix::mm::MapFlags::POPULATE,
             fd.as_fd(),
             0,
         )

@@ -7,7 +7,11 @@
 
 use std::cell::RefCell;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
+use bytes::Bytes;
+
+use crate::sys::memfd::Mapping;
 use crate::sys::socket;
 
 /// The item being decoded: its descriptors, and why a part of it was refused (the
@@ -15,6 +19,8 @@ use crate::sys::socket;
 struct Decoding {
     fds: Vec<Option<OwnedFd>>,
     refusal: Option<String>,
+    /// The out-of-line item's mapping, which the item's bytes are borrowed from.
+    mapping: Option<Arc<Mapping>>,
 }
 
 thread_local! {
@@ -65,15 +71,52 @@ pub(crate) fn put_owned(fd: OwnedFd) -> Result<u32, String> {
 /// Runs `decode` with the descriptors that came with the item; those it does not take are
 /// closed when it returns. Returns what `decode` returned and why a part of the item was
 /// refused, if a part said so.
-pub(crate) fn decoding<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> (R, Option<String>) {
+pub(crate) fn decoding<R>(
+    fds: Vec<OwnedFd>,
+    mapping: Option<Arc<Mapping>>,
+    decode: impl FnOnce() -> R,
+) -> (R, Option<String>) {
     let context = Decoding {
         fds: fds.into_iter().map(Some).collect(),
         refusal: None,
+        mapping,
     };
     let outer = DECODING.with(|d| d.replace(Some(context)));
     let result = decode();
     let context = DECODING.with(|d| d.replace(outer));
     (result, context.and_then(|c| c.refusal))
+}
+
+/// Called by `Deserialize` with bytes it borrows from the item: when they lie in the
+/// out-of-line item's mapping, a [`Bytes`] that shares that memory (no copy), else `None`.
+pub(crate) fn share(borrowed: &[u8]) -> Option<Bytes> {
+    DECODING.with(|d| {
+        let d = d.borrow();
+        let map = d.as_ref()?.mapping.as_ref()?;
+        let base = map.as_ptr() as usize;
+        let at = borrowed.as_ptr() as usize;
+        if at < base || at + borrowed.len() > base + map.len() {
+            return None;
+        }
+        Some(Bytes::from_owner(MappedRange {
+            map: map.clone(),
+            start: at - base,
+            len: borrowed.len(),
+        }))
+    })
+}
+
+/// A range of a mapping, owned: what a shared [`Bytes`] points into.
+struct MappedRange {
+    map: Arc<Mapping>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
 }
 
 /// Called by `Deserialize` when it refuses what the item holds: the reason the receiver

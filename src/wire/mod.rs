@@ -244,12 +244,14 @@ impl Entries {
 }
 
 /// Decodes one item from `bytes` with the descriptors it carries (closed if the item does
-/// not take them); trailing bytes are an error (a foreign or mismatched writer).
+/// not take them) and, for an out-of-line item, the mapping `bytes` lies in; trailing bytes
+/// are an error (a foreign or mismatched writer).
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<std::os::fd::OwnedFd>,
+    mapping: Option<std::sync::Arc<crate::sys::memfd::Mapping>>,
 ) -> Result<T, DecodeError> {
-    let (decoded, refusal) = fds::decoding(fds, || postcard::take_from_bytes(bytes));
+    let (decoded, refusal) = fds::decoding(fds, mapping, || postcard::take_from_bytes(bytes));
     let (item, rest) = decoded.map_err(|e| match refusal {
         Some(reason) => DecodeError::Refused(reason),
         None => DecodeError::Item(e),
