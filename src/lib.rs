@@ -112,9 +112,9 @@ pub use error::{
 };
 pub use fd::Fd;
 pub use options::Options;
-pub use shared_bytes::SharedBytes;
 pub use queue::{queue_options, JoinableQueue, Queue, SimpleQueue};
 pub use remote::{AuthError, RemoteError};
+pub use shared_bytes::SharedBytes;
 pub use spawn::{pass, spawn, Passable, SpawnCommand};
 
 /// The README's examples, run as doctests.
@@ -135,7 +135,8 @@ pub fn __fuzz_decode_datagram(datagram: &[u8]) {
     if let Ok(wire::Body::Inline { count, .. }) = wire::parse(datagram, u32::MAX as u64) {
         let mut entries = wire::Entries::new(count);
         while let Some(entry) = entries.next_entry(datagram) {
-            let _ = wire::decode::<(u64, String, Vec<u8>)>(&datagram[entry.range], Vec::new(), None);
+            let _ =
+                wire::decode::<(u64, String, Vec<u8>)>(&datagram[entry.range], Vec::new(), None);
         }
     }
 }

@@ -94,6 +94,8 @@ struct InboxState {
     closed: bool,
     /// Whether `holding` is signalled now.
     signalled: bool,
+    /// The last read found a datagram: the next one is worth trying before waiting.
+    streaming: bool,
 }
 
 impl Inbox {
@@ -110,6 +112,7 @@ impl Inbox {
                 received: Vec::new(),
                 closed: false,
                 signalled: false,
+                streaming: false,
             }),
             holding: OnceLock::new(),
             on_lost: Mutex::new(None),
@@ -157,13 +160,24 @@ impl Inbox {
         self.has_buffered() || socket::has_input(self.socket.fd().as_fd())
     }
 
-    /// Shows the next message to `take` if one is ready now.
+    /// Shows the next message to `take` if one is ready now. One lock for the inbox and the
+    /// socket read: the per-item path of a queue in fair mode.
     pub(crate) fn try_take<R>(&self, take: Taker<'_, R>) -> Result<R, TryRecvError> {
+        self.try_take_if(take, false)
+    }
+
+    /// [`try_take`](Self::try_take); with `only_streaming`, the socket is read only if the
+    /// last read found a datagram (else `Empty`, and the caller waits for readiness).
+    fn try_take_if<R>(&self, take: Taker<'_, R>, only_streaming: bool) -> Result<R, TryRecvError> {
+        let mut st = self.lock();
         loop {
-            if let Some(result) = self.take_buffered(take) {
+            if let Some(result) = self.take_buffered_in(&mut st, take) {
                 return result.map_err(TryRecvError::from);
             }
-            match self.read_datagram() {
+            if only_streaming && !st.streaming {
+                return Err(TryRecvError::Empty);
+            }
+            match self.read_datagram_in(&mut st) {
                 Ok(None) => continue,
                 Ok(Some(bad)) => return Err(TryRecvError::Decode(bad)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(TryRecvError::Empty),
@@ -174,6 +188,15 @@ impl Inbox {
 
     /// Shows the next message to `take`, waiting for one. Cancel-safe.
     pub(crate) async fn take<R>(&self, take: Taker<'_, R>) -> Result<R, RecvError> {
+        // Fast path: a message is in the inbox or the socket already (one system call, no
+        // readiness bookkeeping). It counts against the task's cooperative budget, as a
+        // readiness wait would, so a task that always finds items still lets others run.
+        tokio::task::coop::consume_budget().await;
+        match self.try_take_if(take, true) {
+            Ok(r) => return Ok(r),
+            Err(TryRecvError::Empty) => {}
+            Err(e) => return Err(try_to_recv(e)),
+        }
         loop {
             if let Some(result) = self.take_buffered(take) {
                 return result;
@@ -284,8 +307,15 @@ impl Inbox {
     /// Shows the next message of the current datagram to `take`, or reports the end of the
     /// channel; `None` when a datagram must be read first.
     fn take_buffered<R>(&self, take: Taker<'_, R>) -> Option<Result<R, RecvError>> {
-        let mut st = self.lock();
-        let st = &mut *st;
+        self.take_buffered_in(&mut self.lock(), take)
+    }
+
+    /// [`take_buffered`](Self::take_buffered) under a lock the caller holds.
+    fn take_buffered_in<R>(
+        &self,
+        st: &mut InboxState,
+        take: Taker<'_, R>,
+    ) -> Option<Result<R, RecvError>> {
         if let Some(ool) = &mut st.out_of_line {
             let mut fds = std::mem::take(&mut ool.fds);
             let message = Message {
@@ -307,7 +337,10 @@ impl Inbox {
         }
         let mut after = st.entries.clone();
         if let Some(entry) = after.next_entry(&st.buf[..st.len]) {
-            let mut fds: Vec<OwnedFd> = st.fds.drain(..entry.fds.min(st.fds.len())).collect();
+            let mut fds: Vec<OwnedFd> = match entry.fds.min(st.fds.len()) {
+                0 => Vec::new(),
+                n => st.fds.drain(..n).collect(),
+            };
             let message = Message {
                 bytes: &st.buf[entry.range],
                 fds: &mut fds,
@@ -337,14 +370,19 @@ impl Inbox {
     /// datagram that was not valid (already dropped, descriptors closed), or `None`.
     /// `WouldBlock` passes through, so the reactor can clear readiness.
     fn read_datagram(&self) -> io::Result<Option<DecodeError>> {
-        let mut st = self.lock();
-        let st = &mut *st;
+        self.read_datagram_in(&mut self.lock())
+    }
+
+    /// [`read_datagram`](Self::read_datagram) under a lock the caller holds.
+    fn read_datagram_in(&self, st: &mut InboxState) -> io::Result<Option<DecodeError>> {
         if !st.entries.is_empty() || st.out_of_line.is_some() || st.closed {
             return Ok(None); // another handle got here first
         }
         st.received.clear();
         st.fds.clear();
-        let got = socket::recv_datagram(self.socket.fd().as_fd(), &mut st.buf, &mut st.received)?;
+        let got = socket::recv_datagram(self.socket.fd().as_fd(), &mut st.buf, &mut st.received);
+        st.streaming = got.is_ok();
+        let got = got?;
         let bad = self.accept(st, &got);
         if bad.is_some() {
             // Close whatever came with it.
@@ -384,7 +422,9 @@ impl Inbox {
         }
         match body {
             Body::Inline { count, .. } => {
-                st.fds = st.received.drain(..).collect();
+                if !st.received.is_empty() {
+                    st.fds.extend(st.received.drain(..));
+                }
                 st.entries = Entries::new(count);
                 st.len = got.len;
                 None
@@ -432,6 +472,15 @@ impl Inbox {
             fds,
             out_of_line,
         }
+    }
+}
+
+fn try_to_recv(e: TryRecvError) -> RecvError {
+    match e {
+        TryRecvError::Closed => RecvError::Closed,
+        TryRecvError::Decode(d) => RecvError::Decode(d),
+        TryRecvError::Io(e) => RecvError::Io(e),
+        TryRecvError::Empty => unreachable!("handled by the caller"),
     }
 }
 

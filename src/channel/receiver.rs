@@ -14,7 +14,6 @@ use super::{deadline_in_runtime, TypeName};
 use crate::error::{DecodeError, RecvError, RecvIntoError, RecvTimeoutError, TryRecvError};
 use crate::recv::{Inbox, Message, Take};
 
-
 type Filling = Pin<Box<dyn Future<Output = Result<(), RecvError>> + Send>>;
 
 /// The receiving half of a channel. Clones share one socket and one inbox, so the items

@@ -74,7 +74,7 @@ impl Core {
         // no longer count in its length nor take a slot. They stay unfinished, as the tasks
         // of a killed worker do, so `join_timeout` says how many.
         let lost: LostHook = Arc::new(move |n| {
-            header.header().queued.fetch_sub(n as i64, Ordering::SeqCst);
+            header.header().got.0.fetch_add(n as i64, Ordering::SeqCst);
             if let Some(slots) = &slots {
                 let _ = slots.add(n as u64);
             }
@@ -134,12 +134,19 @@ impl Core {
         Passed::new(kind, &fds[..count], self.send.options(), types)
     }
 
+    /// Items put and not yet got (read `got` first, so a get racing with this look never
+    /// makes it negative by more than the puts in between).
     pub(crate) fn queued(&self) -> i64 {
-        self.header.header().queued.load(Ordering::SeqCst)
+        let h = self.header.header();
+        let got = h.got.0.load(Ordering::SeqCst);
+        h.put.0.load(Ordering::SeqCst) - got
     }
 
+    /// Tasks put and not yet marked done.
     pub(crate) fn unfinished(&self) -> i64 {
-        self.header.header().unfinished.load(Ordering::SeqCst)
+        let h = self.header.header();
+        let done = h.done.0.load(Ordering::SeqCst);
+        h.put.0.load(Ordering::SeqCst) - done
     }
 
     pub(crate) fn maxsize(&self) -> u64 {
@@ -149,19 +156,17 @@ impl Core {
     /// Counts an item in before it is sent (so a fast `get` and `task_done` elsewhere never
     /// see the counts go negative).
     pub(crate) fn count_in(&self) {
-        let h = self.header.header();
-        h.queued.fetch_add(1, Ordering::SeqCst);
-        if self.done.is_some() {
-            h.unfinished.fetch_add(1, Ordering::SeqCst);
-        }
+        self.header.header().put.0.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Accounts for `n` items leaving the queue without a `get` (drained, or a put undone).
+    /// Accounts for `n` items leaving the queue without a `get` (drained, or a put undone):
+    /// they free their slots and are no longer tasks.
     pub(crate) fn forget(&self, n: u64) {
         self.header
             .header()
-            .queued
-            .fetch_sub(n as i64, Ordering::SeqCst);
+            .got
+            .0
+            .fetch_add(n as i64, Ordering::SeqCst);
         if let Some(slots) = &self.slots {
             let _ = slots.add(n);
         }
@@ -172,7 +177,7 @@ impl Core {
 
     /// Accounts for one item got.
     pub(crate) fn got_one(&self) {
-        self.header.header().queued.fetch_sub(1, Ordering::SeqCst);
+        self.header.header().got.0.fetch_add(1, Ordering::Relaxed);
         if let Some(slots) = &self.slots {
             let _ = slots.add(1);
         }
@@ -183,13 +188,9 @@ impl Core {
 
     /// Marks `n` tasks finished, waking joiners when none is left.
     pub(crate) fn finish(&self, n: u64) {
-        let left = self
-            .header
-            .header()
-            .unfinished
-            .fetch_sub(n as i64, Ordering::SeqCst)
-            - n as i64;
-        if left <= 0 {
+        let h = self.header.header();
+        let done = h.done.0.fetch_add(n as i64, Ordering::SeqCst) + n as i64;
+        if h.put.0.load(Ordering::SeqCst) - done <= 0 {
             if let Some(done) = &self.done {
                 let _ = done.add(1);
             }
@@ -216,8 +217,9 @@ impl Drop for Core {
         if lost > 0 {
             self.header
                 .header()
-                .queued
-                .fetch_sub(lost as i64, Ordering::SeqCst);
+                .got
+                .0
+                .fetch_add(lost as i64, Ordering::SeqCst);
             if let Some(slots) = &self.slots {
                 let _ = slots.add(lost as u64);
             }

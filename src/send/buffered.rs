@@ -25,7 +25,7 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 
 use super::item::{Encoded, Limits};
-use super::outbox::{plan, Pending};
+use super::outbox::{plan, Pending, Plan};
 use super::{Deadline, Fail, Payload};
 use crate::error::{FlushError, SendErrorKind};
 use crate::recv::Unread;
@@ -462,6 +462,23 @@ impl Outbox {
                 self.limits.body_bytes,
                 self.limits.batch_items,
             );
+            if plan.out_of_line.is_none() && plan.fds == 0 && plan.end < w.batch.bytes().len() {
+                // More datagrams are ready: write as many as one system call takes.
+                match self.write_several(w, &socket, plan) {
+                    Ok(()) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                    Err(e) => {
+                        let end = if socket::is_disconnect(&e) {
+                            End::Disconnected
+                        } else {
+                            End::Failed(e.kind(), e.to_string())
+                        };
+                        let mut st = self.lock();
+                        self.finish(&mut st, w, end);
+                        return Ok(Progress::Ended);
+                    }
+                }
+            }
             let fds = &w.batch.fds()[..plan.fds];
             let out = match plan.out_of_line {
                 None => Outgoing::Inline {
@@ -500,6 +517,54 @@ impl Outbox {
             }
             self.progress.notify_waiters();
         }
+    }
+
+    /// Writes the datagrams planned from `first` on (inline, without descriptors: up to
+    /// [`socket::MAX_DATAGRAMS_PER_CALL`]) with one `sendmmsg`, and accounts for those the
+    /// kernel took. With one item per datagram (fair mode) this is what keeps the sending
+    /// side near one system call per many items.
+    fn write_several(&self, w: &mut Writer, socket: &Waitable, first: Plan) -> io::Result<()> {
+        let bytes = w.batch.bytes();
+        let mut plans = vec![first];
+        loop {
+            let last = plans.last().expect("one at least");
+            if plans.len() >= socket::MAX_DATAGRAMS_PER_CALL || last.end >= bytes.len() {
+                break;
+            }
+            let next = plan(
+                bytes,
+                last.end,
+                self.limits.body_bytes,
+                self.limits.batch_items,
+            );
+            if next.out_of_line.is_some() || next.fds > 0 {
+                break;
+            }
+            plans.push(next);
+        }
+        let mut start = w.pos;
+        let datagrams: Vec<(u32, &[u8])> = plans
+            .iter()
+            .map(|p| {
+                let d = (p.items as u32, &bytes[start..p.end]);
+                start = p.end;
+                d
+            })
+            .collect();
+        let sent = datagram::send_many(socket.fd().as_fd(), &datagrams)?;
+        let (mut items, mut cost) = (0, 0);
+        for p in &plans[..sent] {
+            items += p.items;
+            cost += p.cost;
+            w.pos = p.end;
+        }
+        {
+            let mut st = self.lock();
+            st.buffered -= cost.min(st.buffered);
+            st.written += items as u64;
+        }
+        self.progress.notify_waiters();
+        Ok(())
     }
 
     /// Ends the writing side: what was not written becomes undelivered (unless it was

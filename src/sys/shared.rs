@@ -11,10 +11,14 @@ use rustix::fs::SealFlags;
 /// `procq-Q1` in ASCII: what a queue header starts with.
 const MAGIC: u64 = u64::from_le_bytes(*b"procq-Q1");
 /// Bumped whenever the layout or meaning of [`QueueHeader`] changes.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// What every holder of a queue shares. Only atomics, so every bit pattern is a valid
 /// value and concurrent access from any number of processes is defined.
+///
+/// Producers and consumers count on separate cache lines (a queue's length is `put - got`,
+/// its unfinished tasks `put - done`), so that a put and a get on two cores do not pass one
+/// line back and forth for every item.
 #[repr(C)]
 pub(crate) struct QueueHeader {
     magic: AtomicU64,
@@ -23,11 +27,17 @@ pub(crate) struct QueueHeader {
     pub(crate) joinable: AtomicU32,
     /// The bound; 0 for none.
     pub(crate) maxsize: AtomicU64,
-    /// Items put and not yet got, in every process (Python's `qsize`).
-    pub(crate) queued: AtomicI64,
-    /// Items put and not yet marked done (`JoinableQueue`).
-    pub(crate) unfinished: AtomicI64,
+    /// Items ever counted in by a put, in every process.
+    pub(crate) put: Line,
+    /// Items ever counted out: got, or gone without a get (drained, undone, lost).
+    pub(crate) got: Line,
+    /// Tasks ever marked done, or gone without a get (`JoinableQueue`).
+    pub(crate) done: Line,
 }
+
+/// A counter alone on its cache line.
+#[repr(C, align(64))]
+pub(crate) struct Line(pub(crate) AtomicI64);
 
 const HEADER_BYTES: usize = std::mem::size_of::<QueueHeader>();
 
@@ -141,8 +151,8 @@ mod tests {
     fn a_header_is_shared_between_mappings() {
         let a = SharedHeader::create(true, 7).unwrap();
         let b = SharedHeader::adopt(super::super::socket::dup(a.fd()).unwrap()).unwrap();
-        a.header().queued.fetch_add(5, Ordering::SeqCst);
-        assert_eq!(b.header().queued.load(Ordering::SeqCst), 5);
+        a.header().put.0.fetch_add(5, Ordering::SeqCst);
+        assert_eq!(b.header().put.0.load(Ordering::SeqCst), 5);
         assert_eq!(b.header().maxsize.load(Ordering::SeqCst), 7);
     }
 

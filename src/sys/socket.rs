@@ -72,6 +72,29 @@ pub(crate) fn send_datagram(
     Ok(rustix::net::sendmsg(fd, parts, &mut control, flags)?)
 }
 
+/// The most datagrams [`send_datagrams`] writes in one system call.
+pub(crate) const MAX_DATAGRAMS_PER_CALL: usize = 64;
+
+/// Sends several datagrams (without descriptors), each made of its parts, in one system
+/// call (`sendmmsg`), without blocking. Returns how many the kernel took, in order (at
+/// least one), or `WouldBlock` when it took none.
+pub(crate) fn send_datagrams(
+    fd: BorrowedFd<'_>,
+    datagrams: &[&[IoSlice<'_>]],
+) -> io::Result<usize> {
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = datagrams
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut msgs: Vec<rustix::net::MMsgHdr<'_>> = datagrams
+        .iter()
+        .zip(controls.iter_mut())
+        .map(|(parts, control)| rustix::net::MMsgHdr::new(parts, control))
+        .collect();
+    let sent = rustix::net::sendmmsg(fd, &mut msgs, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)?;
+    Ok(sent)
+}
+
 /// What one `recvmsg` delivered.
 pub(crate) struct Received {
     /// Bytes written into the caller's buffer.

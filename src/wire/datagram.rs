@@ -25,6 +25,23 @@ pub(crate) enum Outgoing<'a> {
     },
 }
 
+/// Writes several inline datagrams without descriptors — `(count, entries)` each — in one
+/// system call, without waiting. Returns how many the kernel took, in order (at least one),
+/// or `WouldBlock` when it took none.
+pub(crate) fn send_many(socket: BorrowedFd<'_>, datagrams: &[(u32, &[u8])]) -> io::Result<usize> {
+    let headers: Vec<[u8; super::HEADER_LEN]> = datagrams
+        .iter()
+        .map(|&(count, _)| header(KIND_INLINE, count))
+        .collect();
+    let parts: Vec<[IoSlice<'_>; 2]> = headers
+        .iter()
+        .zip(datagrams)
+        .map(|(h, &(_, entries))| [IoSlice::new(h), IoSlice::new(entries)])
+        .collect();
+    let slices: Vec<&[IoSlice<'_>]> = parts.iter().map(|p| &p[..]).collect();
+    socket::send_datagrams(socket, &slices)
+}
+
 /// Writes `datagram` to `socket` without waiting: `WouldBlock` when the kernel has no room.
 /// Either the whole datagram is written, descriptors and all, or nothing is.
 pub(crate) fn send(socket: BorrowedFd<'_>, datagram: Outgoing<'_>) -> io::Result<()> {
