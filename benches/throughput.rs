@@ -116,6 +116,53 @@ async fn child(role: &str) {
             }
             say(got);
         }
+        // One datagram per message on a raw SOCK_SEQPACKET socket (stdin), blocking calls:
+        // the kernel's own cost of the fair mode.
+        "raw-sender" => {
+            let count: usize = std::env::var("COUNT").unwrap().parse().unwrap();
+            let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+            let buf = [7u8; 512];
+            for _ in 0..count {
+                rustix::net::send(&fd, &buf, rustix::net::SendFlags::empty()).unwrap();
+            }
+        }
+        "raw-receiver" => {
+            let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+            say("ready");
+            let mut got = 0usize;
+            loop {
+                let (_, n) =
+                    rustix::net::recv(&fd, &mut buf, rustix::net::RecvFlags::empty()).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got += 1;
+            }
+            say(got);
+        }
+        // The same with `recvmsg` and room for descriptors, as any receiver that accepts
+        // descriptors in messages must read (`recv` would close them).
+        "raw-receiver-msg" => {
+            use rustix::net::{RecvAncillaryBuffer, RecvFlags};
+            let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+            let mut buf = [0u8; 1024];
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+            say("ready");
+            let mut got = 0usize;
+            loop {
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let msg =
+                    rustix::net::recvmsg(&fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+                        .unwrap();
+                if msg.bytes == 0 {
+                    break;
+                }
+                got += 1;
+            }
+            say(got);
+        }
         "procq-echo" => {
             let end = procq::Duplex::<Item, Item>::from_env("BENCH").unwrap();
             while let Ok(it) = end.recv().await {
@@ -256,6 +303,19 @@ async fn parent() {
         println!("queue {}", procq_queue("queue", n, 1, 1, false).await);
         return;
     }
+    if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("fair") {
+        for (p, c) in [(1, 1), (2, 2)] {
+            let raw = raw_seqpacket(n, p, c).await;
+            let msg = raw_seqpacket_msg(n, p, c).await;
+            let ours = procq_queue("queue", n, p, c, true).await;
+            println!(
+                "fair {p}->{c}: raw {raw:.0}, raw recvmsg {msg:.0} ({:.0}%), queue {ours:.0} ({:.0}%)",
+                100.0 * msg / raw,
+                100.0 * ours / raw
+            );
+        }
+        return;
+    }
     if std::env::var("PROCQ_BENCH_ONLY").as_deref() == Ok("tokio") {
         println!("tokio {}", best(runs, || tokio_throughput(n)).await);
         return;
@@ -337,7 +397,86 @@ async fn parent() {
         }
     }
 
+    // Fair mode against the kernel's own one-datagram-per-message cost.
+    println!();
+    println!("| fair mode (`queue_options()`: one item per datagram), 512 B items | items/s | of raw seqpacket |");
+    println!("|---|---:|---:|");
+    for (p, c) in [(1, 1), (2, 2)] {
+        let raw = best(runs, || raw_seqpacket(n, p, c)).await;
+        println!("| raw SOCK_SEQPACKET, one send/recv per message, {p} → {c} | {raw:.0} | 100% |");
+        let msg = best(runs, || raw_seqpacket_msg(n, p, c)).await;
+        println!(
+            "| raw, receivers call `recvmsg` with room for descriptors, {p} → {c} | {msg:.0} | {:.0}% |",
+            100.0 * msg / raw
+        );
+        for kind in ["queue", "joinable"] {
+            let ours = best(runs, || procq_queue(kind, n, p, c, true)).await;
+            let label = if kind == "queue" {
+                "Queue"
+            } else {
+                "JoinableQueue"
+            };
+            println!(
+                "| {label}, `queue_options()`, {p} → {c} | {ours:.0} | {:.0}% |",
+                100.0 * ours / raw
+            );
+        }
+    }
+
     print_latency(runs).await;
+}
+
+/// Items per second through a raw `SOCK_SEQPACKET` pair, one datagram per message with
+/// blocking `send`/`recv`, from `p` sender processes to `c` receiver processes.
+async fn raw_seqpacket(n: usize, p: usize, c: usize) -> f64 {
+    raw_seqpacket_with(n, p, c, "raw-receiver").await
+}
+
+/// [`raw_seqpacket`] with receivers that call `recvmsg` with room for descriptors.
+async fn raw_seqpacket_msg(n: usize, p: usize, c: usize) -> f64 {
+    raw_seqpacket_with(n, p, c, "raw-receiver-msg").await
+}
+
+async fn raw_seqpacket_with(n: usize, p: usize, c: usize, receiver: &str) -> f64 {
+    let (send_end, recv_end) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    for fd in [&send_end, &recv_end] {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(fd, 2 << 20);
+    }
+    let mut receivers = Vec::new();
+    for _ in 0..c {
+        let mut cmd = child_cmd(receiver);
+        cmd.stdin(Stdio::from(recv_end.try_clone().unwrap()));
+        receivers.push(Kid::spawn(cmd));
+    }
+    drop(recv_end);
+    for r in &mut receivers {
+        assert_eq!(r.line().await, "ready");
+    }
+    let start = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..p {
+        let mut cmd = child_cmd("raw-sender");
+        cmd.env("COUNT", (n / p).to_string())
+            .stdin(Stdio::from(send_end.try_clone().unwrap()));
+        senders.push(Kid::spawn(cmd));
+    }
+    drop(send_end);
+    let mut got = 0;
+    for r in &mut receivers {
+        got += r.line().await.parse::<usize>().unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(got, n / p * p);
+    for k in senders.into_iter().chain(receivers) {
+        k.finish().await;
+    }
+    got as f64 / elapsed.as_secs_f64()
 }
 
 /// Round trips: procq against a raw blocking socketpair, measured back to back.
