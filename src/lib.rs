@@ -52,7 +52,9 @@
 //!
 //! Inside a process, [`Sender::send`] encodes the item (postcard) and appends it to a
 //! byte-bounded buffer; a flush task packs buffered items into datagrams of up to 64 KiB.
-//! Items too large for a datagram go out of line in a sealed memfd. See the README's
+//! A larger item travels alone in a datagram of up to 256 KiB, and beyond that out of line
+//! in a sealed memfd, which the receiver maps (see [`SharedBytes`] for taking its bytes
+//! without a copy). See the README's
 //! guarantees table for delivery, ordering and failure behaviour.
 //!
 //! Byte payloads should serialize as bytes (`serde_bytes`, or `bytes::Bytes`): a plain

@@ -69,9 +69,10 @@ impl Options {
         self
     }
 
-    /// The largest datagram a sender writes, clamped to 4 KiB ..= 256 KiB. Items whose
-    /// encoding does not fit in one datagram travel out of line, in a sealed memfd.
-    /// Default 64 KiB.
+    /// The largest datagram a batch of items fills, clamped to 4 KiB ..= 256 KiB. An item
+    /// whose encoding does not fit travels alone, inline in a datagram of its own if it
+    /// fits 256 KiB (the most any receiver reads; a datagram is that much cheaper than a
+    /// memfd), else out of line, in a sealed memfd. Default 64 KiB.
     pub fn datagram_bytes(mut self, bytes: usize) -> Self {
         self.datagram_bytes = bytes.clamp(MIN_DATAGRAM_BYTES, MAX_DATAGRAM_BYTES);
         self

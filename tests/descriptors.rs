@@ -212,7 +212,7 @@ fn descriptors_travel_inline_to_another_process() {
 #[test]
 fn descriptors_travel_with_out_of_line_items() {
     serially(async {
-        pipes_through_a_child(20, 200_000).await;
+        pipes_through_a_child(20, 400_000).await;
     });
 }
 
@@ -618,5 +618,32 @@ fn a_large_payload_is_received_without_a_copy() {
         let kept: bytes::Bytes = big.clone().into();
         drop(big);
         assert_eq!(kept[8 << 19], payload[8 << 19]);
+    });
+}
+
+#[test]
+fn an_item_over_a_batch_datagram_travels_inline_alone_up_to_256_kib() {
+    serially(async {
+        let (tx, rx) = procq::channel::<procq::SharedBytes>().unwrap();
+        // Over the default 64 KiB datagram, under 256 KiB: a datagram of its own, no memfd.
+        tx.send(vec![1u8; 200 << 10].into()).await.unwrap();
+        // Over 256 KiB: out of line.
+        tx.send(vec![2u8; 300 << 10].into()).await.unwrap();
+        let alone = rx.recv().await.unwrap();
+        assert_eq!(alone.len(), 200 << 10);
+        assert!(!in_an_item_mapping(alone.as_ptr()), "carried inline");
+        let big = rx.recv().await.unwrap();
+        assert_eq!(big.len(), 300 << 10);
+        assert!(in_an_item_mapping(big.as_ptr()), "carried in a memfd");
+        // A receiver bound below the inline limit still refuses a larger item at the sender.
+        let (tx, _rx) = procq::Options::new()
+            .max_item_bytes(100 << 10)
+            .channel::<procq::SharedBytes>()
+            .unwrap();
+        let err = tx.send(vec![3u8; 200 << 10].into()).await.unwrap_err();
+        assert!(
+            matches!(err.kind(), procq::SendErrorKind::TooLarge { .. }),
+            "{err}"
+        );
     });
 }
