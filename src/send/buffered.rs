@@ -218,10 +218,10 @@ impl Outbox {
         payload: &P,
         respect_limit: bool,
     ) -> Result<u64, Fail> {
-        if respect_limit {
-            // Refuse early, before encoding, when there is clearly no room.
-            self.lock().admit(true, self.limits.buffer_bytes)?;
-        }
+        // No check before encoding an inline item: the one under the lock below decides (a
+        // small item that finds no room was encoded for nothing, which costs less than a
+        // second lock on every send). A large item is checked before it is written into a
+        // memfd. A failed encoding reports a closed side first, as that check would.
         let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         scratch.clear();
         let encoded = payload.append_entry(&mut scratch, self.limits.inline_item);
@@ -243,17 +243,24 @@ impl Outbox {
                 self.then(then);
                 Ok(seq)
             }
-            Err(EntryFail::Encode(e)) => Err(Fail::Failed(SendErrorKind::Encode(e))),
+            Err(EntryFail::Encode(e)) => {
+                let admitted = self.lock().admit(respect_limit, self.limits.buffer_bytes);
+                admitted.and(Err(Fail::Failed(SendErrorKind::Encode(e))))
+            }
             Err(EntryFail::TooManyFds(count)) => {
                 Err(Fail::Failed(SendErrorKind::TooManyDescriptors {
                     count,
                     max: crate::wire::MAX_FDS,
                 }))
             }
-            Err(EntryFail::TooLong) => match payload.encode(&self.limits) {
-                Ok(item) => self.push_encoded(item, respect_limit).map_err(|(_, f)| f),
-                Err(kind) => Err(Fail::Failed(kind)),
-            },
+            Err(EntryFail::TooLong) => {
+                // (The guard is dropped before `push_encoded` locks again.)
+                let admitted = self.lock().admit(respect_limit, self.limits.buffer_bytes);
+                admitted.and_then(|()| match payload.encode(&self.limits) {
+                    Ok(item) => self.push_encoded(item, respect_limit).map_err(|(_, f)| f),
+                    Err(kind) => Err(Fail::Failed(kind)),
+                })
+            }
         };
         // Keep the buffer's allocation for this thread's next send (unless it grew large).
         if scratch.capacity() <= 1 << 20 {
