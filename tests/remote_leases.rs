@@ -310,7 +310,9 @@ async fn a_server_that_stops_answering_is_a_timeout() {
     let (_, delivery) = q.get_unacked().await.unwrap();
     let pid = rustix::process::Pid::from_raw(server.child.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
-    assert!(matches!(delivery.ack().await, Err(RemoteError::Timeout)));
+    stopped(pid.as_raw_nonzero().get()).await;
+    let acked = delivery.ack().await;
+    assert!(matches!(acked, Err(RemoteError::Timeout)), "{acked:?}");
     assert!(matches!(q.len().await, Err(RemoteError::Timeout)));
     q.feed(2).await.unwrap();
     let flushed = q
@@ -321,4 +323,20 @@ async fn a_server_that_stops_answering_is_a_timeout() {
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
     q.flush().await.unwrap(); // it answers again: the fed item is held
     server.kill().await;
+}
+
+/// Waits until process `pid` is stopped (`T` in `/proc/PID/stat`): `kill` only queues the
+/// signal, and a server still running for a moment could answer what the test sends next.
+async fn stopped(pid: i32) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rsplit_once(')').unwrap().1.trim_start().chars().next();
+        if state == Some('T') {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "process {pid} never stopped");
+        tokio::task::yield_now().await;
+    }
 }
