@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const ROLE: &str = "PROCQ_BENCH_ROLE";
+mod common;
+use common::{best, child_cmd, runs, say, Kid, ROLE};
+
 /// Payload bytes so that the postcard encoding (2-byte length varint + bytes) is 512 B.
 const PAYLOAD: usize = 510;
 const PING_ROUNDS: usize = 20_000;
@@ -41,13 +42,6 @@ fn items() -> usize {
         .unwrap_or(1_000_000)
 }
 
-fn runs() -> usize {
-    std::env::var("PROCQ_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -59,48 +53,6 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; ignore arguments.
     rt.block_on(parent());
-}
-
-/// A child of this binary playing `role`; its reports are stdout lines.
-fn child_cmd(role: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env(ROLE, role)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
-struct Kid {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Kid {
-    fn spawn(cmd: Command) -> Kid {
-        let mut child = procq::spawn(cmd).expect("spawn");
-        let out = child.stdout.take().unwrap();
-        Kid {
-            child,
-            lines: BufReader::new(out).lines(),
-        }
-    }
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(300), self.lines.next_line())
-            .await
-            .expect("child report timed out")
-            .unwrap()
-            .expect("child exited early")
-    }
-    async fn finish(mut self) {
-        let _ = self.child.wait().await;
-    }
-}
-
-fn say(line: impl std::fmt::Display) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
 }
 
 async fn child(role: &str) {
@@ -515,18 +467,6 @@ async fn print_latency(runs: usize) {
         procq_mt_rtt,
         procq_mt_rtt / raw_rtt
     );
-}
-
-async fn best<F, Fut>(runs: usize, mut f: F) -> f64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = f64>,
-{
-    let mut best = 0f64;
-    for _ in 0..runs {
-        best = best.max(f().await);
-    }
-    best
 }
 
 /// Items per second from this process into a consumer child.
