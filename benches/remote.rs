@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-const ROLE: &str = "PROCQ_BENCH_ROLE";
+mod common;
+use common::{best, say, ROLE};
+
 const KEY: &[u8] = b"procq-bench";
 /// Payload bytes so that the postcard encoding (2-byte length varint + bytes) is 512 B.
 const PAYLOAD: usize = 510;
@@ -55,13 +57,6 @@ fn main() {
         Ok(role) => rt.block_on(child(&role)),
         Err(_) => rt.block_on(parent()),
     }
-}
-
-fn say(line: impl std::fmt::Display) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
 }
 
 /// Client options, with TLS if the parent passed a CA.
@@ -215,30 +210,7 @@ async fn procq_remote(n: usize, tls: Option<&Tls>, multi: bool) -> f64 {
 }
 
 async fn python_manager_rate(n: usize) -> f64 {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mp_manager.py");
-    let out = Command::new("python3")
-        .args([script, &n.to_string()])
-        .output()
-        .await
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-async fn best<F, Fut>(runs: usize, mut f: F) -> f64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = f64>,
-{
-    let mut best = 0f64;
-    for _ in 0..runs {
-        best = best.max(f().await);
-    }
-    best
+    common::python("mp_manager.py", &[n.to_string()]).await
 }
 
 async fn parent() {

@@ -23,10 +23,9 @@ use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
 use procq::SharedBytes;
-use tokio::process::Command;
 
 mod common;
-use common::{best, child_cmd, env_number, runs, say, Kid, ROLE};
+use common::{best, child_cmd, env_number, runs, say, Kid};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -50,16 +49,7 @@ fn count(size: usize, python: bool) -> usize {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if let Ok(role) = std::env::var(ROLE) {
-        rt.block_on(child(&role));
-        return;
-    }
-    // `cargo bench` passes `--bench`; ignore arguments.
-    rt.block_on(parent());
+    common::run(|role| async move { child(&role).await }, parent);
 }
 
 fn env_usize(name: &str) -> usize {
@@ -287,18 +277,7 @@ async fn tokio_rate(n: usize, size: usize) -> f64 {
 
 /// Items per second through Python's `multiprocessing.Queue` (`benches/mp_sizes.py`).
 async fn python_rate(n: usize, size: usize) -> f64 {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mp_sizes.py");
-    let out = Command::new("python3")
-        .args([script, &n.to_string(), &size.to_string()])
-        .output()
-        .await
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    common::python("mp_sizes.py", &[n.to_string(), size.to_string()]).await
 }
 
 /// GB/s of one `copy_from_slice` of 64 MiB between two buffers already in memory: the

@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::process::Command;
 
 mod common;
-use common::{best, child_cmd, runs, say, Kid, ROLE};
+use common::{best, child_cmd, runs, say, Kid};
 
 /// Payload bytes so that the postcard encoding (2-byte length varint + bytes) is 512 B.
 const PAYLOAD: usize = 510;
@@ -43,16 +42,7 @@ fn items() -> usize {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if let Ok(role) = std::env::var(ROLE) {
-        rt.block_on(child(&role));
-        return;
-    }
-    // `cargo bench` passes `--bench`; ignore arguments.
-    rt.block_on(parent());
+    common::run(|role| async move { child(&role).await }, parent);
 }
 
 async fn child(role: &str) {
@@ -600,24 +590,13 @@ async fn procq_queue(kind: &str, n: usize, p: usize, c: usize, fair: bool) -> f6
 }
 
 async fn python_rate(kind: &str, n: usize, producers: usize, consumers: usize) -> f64 {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mp_bench.py");
-    let out = Command::new("python3")
-        .args([
-            script,
-            kind,
-            &n.to_string(),
-            &producers.to_string(),
-            &consumers.to_string(),
-        ])
-        .output()
-        .await
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    let args = [
+        kind.to_string(),
+        n.to_string(),
+        producers.to_string(),
+        consumers.to_string(),
+    ];
+    common::python("mp_bench.py", &args).await
 }
 
 /// Median round trip in µs through a procq duplex.

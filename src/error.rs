@@ -410,6 +410,16 @@ impl TryRecvError {
     pub fn is_empty(&self) -> bool {
         matches!(self, TryRecvError::Empty)
     }
+
+    /// The same failure as a [`RecvError`], for a caller that handled `Empty` first.
+    pub(crate) fn into_recv(self) -> RecvError {
+        match self {
+            TryRecvError::Closed => RecvError::Closed,
+            TryRecvError::Decode(d) => RecvError::Decode(d),
+            TryRecvError::Io(e) => RecvError::Io(e),
+            TryRecvError::Empty => unreachable!("Empty is handled by the caller"),
+        }
+    }
 }
 
 impl From<RecvError> for TryRecvError {

@@ -195,7 +195,7 @@ impl Inbox {
         match self.try_take_if(take, true) {
             Ok(r) => return Ok(r),
             Err(TryRecvError::Empty) => {}
-            Err(e) => return Err(try_to_recv(e)),
+            Err(e) => return Err(e.into_recv()),
         }
         loop {
             if let Some(result) = self.take_buffered(take) {
@@ -472,15 +472,6 @@ impl Inbox {
             fds,
             out_of_line,
         }
-    }
-}
-
-fn try_to_recv(e: TryRecvError) -> RecvError {
-    match e {
-        TryRecvError::Closed => RecvError::Closed,
-        TryRecvError::Decode(d) => RecvError::Decode(d),
-        TryRecvError::Io(e) => RecvError::Io(e),
-        TryRecvError::Empty => unreachable!("handled by the caller"),
     }
 }
 

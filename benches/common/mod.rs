@@ -81,3 +81,38 @@ where
     }
     best
 }
+
+/// Runs `benches/SCRIPT` with `python3` and `args`; its one line of output is a rate.
+pub async fn python(script: &str, args: &[String]) -> f64 {
+    let path = format!("{}/benches/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .await
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The bench binary's `main`: a child plays the role its environment names (see
+/// [`ROLE`]), the parent runs the rows; both on a current-thread runtime.
+pub fn run<C, P>(child: impl FnOnce(String) -> C, parent: impl FnOnce() -> P)
+where
+    C: std::future::Future<Output = ()>,
+    P: std::future::Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match std::env::var(ROLE) {
+        Ok(role) => rt.block_on(child(role)),
+        // `cargo bench` passes `--bench`; arguments are ignored.
+        Err(_) => rt.block_on(parent()),
+    }
+}

@@ -145,7 +145,7 @@ impl<T: DeserializeOwned> Receiver<T> {
                 Err(TryRecvError::Empty) => {}
                 Err(e) => {
                     *self.filling_slot() = None;
-                    return Poll::Ready(Err(try_to_recv(e)));
+                    return Poll::Ready(Err(e.into_recv()));
                 }
             }
             let inbox = self.inbox.clone();
@@ -164,15 +164,6 @@ impl<T: DeserializeOwned> Receiver<T> {
 
     fn filling_slot(&mut self) -> &mut Option<Filling> {
         self.filling.get_mut().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn try_to_recv(e: TryRecvError) -> RecvError {
-    match e {
-        TryRecvError::Closed => RecvError::Closed,
-        TryRecvError::Decode(d) => RecvError::Decode(d),
-        TryRecvError::Io(e) => RecvError::Io(e),
-        TryRecvError::Empty => unreachable!("handled by the caller"),
     }
 }
 

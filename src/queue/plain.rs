@@ -259,7 +259,7 @@ impl<T: DeserializeOwned> Queue<T> {
         match self.try_get() {
             Err(TryRecvError::Empty) => {}
             Ok(item) => return Ok(item),
-            Err(e) => return Err(RecvTimeoutError::from(try_to_recv(e))),
+            Err(e) => return Err(RecvTimeoutError::from(e.into_recv())),
         }
         let deadline = deadline_in_runtime(timeout).map_err(RecvTimeoutError::Io)?;
         match tokio::time::timeout_at(deadline, self.get()).await {
@@ -322,15 +322,6 @@ impl<T: DeserializeOwned> Queue<T> {
         if left > 0 {
             self.core.forget(left as u64);
         }
-    }
-}
-
-pub(crate) fn try_to_recv(e: TryRecvError) -> RecvError {
-    match e {
-        TryRecvError::Closed => RecvError::Closed,
-        TryRecvError::Decode(d) => RecvError::Decode(d),
-        TryRecvError::Io(e) => RecvError::Io(e),
-        TryRecvError::Empty => unreachable!("handled by the caller"),
     }
 }
 

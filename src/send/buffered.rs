@@ -473,17 +473,7 @@ impl Outbox {
                 // More datagrams are ready: write as many as one system call takes.
                 match self.write_several(w, &socket, plan) {
                     Ok(()) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-                    Err(e) => {
-                        let end = if socket::is_disconnect(&e) {
-                            End::Disconnected
-                        } else {
-                            End::Failed(e.kind(), e.to_string())
-                        };
-                        let mut st = self.lock();
-                        self.finish(&mut st, w, end);
-                        return Ok(Progress::Ended);
-                    }
+                    Err(e) => return self.write_failed(w, e),
                 }
             }
             let fds = &w.batch.fds()[..plan.fds];
@@ -499,19 +489,8 @@ impl Outbox {
                     fds: &fds[1..],
                 },
             };
-            match datagram::send(socket.fd().as_fd(), out) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-                Err(e) => {
-                    let end = if socket::is_disconnect(&e) {
-                        End::Disconnected
-                    } else {
-                        End::Failed(e.kind(), e.to_string())
-                    };
-                    let mut st = self.lock();
-                    self.finish(&mut st, w, end);
-                    return Ok(Progress::Ended);
-                }
+            if let Err(e) = datagram::send(socket.fd().as_fd(), out) {
+                return self.write_failed(w, e);
             }
             w.pos = plan.end;
             // Our duplicates are closed at once: the kernel holds the descriptors now, and
@@ -524,6 +503,22 @@ impl Outbox {
             }
             self.progress.notify_waiters();
         }
+    }
+
+    /// What a failed write means: `WouldBlock` passes through (the writer waits for room);
+    /// anything else ends this side.
+    fn write_failed(&self, w: &mut Writer, e: io::Error) -> io::Result<Progress> {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(e);
+        }
+        let end = if socket::is_disconnect(&e) {
+            End::Disconnected
+        } else {
+            End::Failed(e.kind(), e.to_string())
+        };
+        let mut st = self.lock();
+        self.finish(&mut st, w, end);
+        Ok(Progress::Ended)
     }
 
     /// Writes the datagrams planned from `first` on (inline, without descriptors: up to
