@@ -336,7 +336,10 @@ async fn stopped(pid: i32) {
         if state == Some('T') {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "process {pid} never stopped");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} never stopped"
+        );
         tokio::task::yield_now().await;
     }
 }
