@@ -51,6 +51,8 @@ mod auth;
 mod client;
 mod codec;
 mod error;
+#[cfg(feature = "nats")]
+pub mod jetstream;
 mod link;
 pub mod protocol;
 mod server;
