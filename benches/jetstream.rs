@@ -15,7 +15,6 @@
 //! default 3), `PROCQ_BENCH_PYTHON=0` to skip Python's row.
 
 #[path = "../tests/nats_common/mod.rs"]
-#[allow(dead_code)]
 mod nats_common;
 
 use std::process::Stdio;

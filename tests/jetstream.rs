@@ -244,7 +244,7 @@ async fn fed_items_share_messages_and_a_pack_is_redelivered_whole() {
     for delivery in held.drain(..5) {
         delivery.ack().await.unwrap(); // recorded: the pack waits for its other items
     }
-    let left: Vec<_> = held.drain(..).collect();
+    let left = std::mem::take(&mut held);
     // Past the lease the whole pack comes back, the acked items included.
     let second = ClientOptions::new(KEY)
         .prefetch(1)

@@ -113,7 +113,7 @@ async fn play(role: &str) {
                 // A failed ack (an election, a lease run out) is no loss: it comes back.
                 let _ = delivery.ack().await;
                 done += 1;
-                if done % ROUND == 0 {
+                if done.is_multiple_of(ROUND) {
                     report(format!("got {done}"));
                 }
             }

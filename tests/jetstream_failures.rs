@@ -42,7 +42,12 @@ async fn play(role: &str) {
                 .await
                 .unwrap();
             for id in 0..n {
-                q.feed(Job { id, pad: vec![7; 64] }).await.unwrap();
+                q.feed(Job {
+                    id,
+                    pad: vec![7; 64],
+                })
+                .await
+                .unwrap();
             }
             q.close().await.unwrap();
             report("confirmed");
@@ -132,7 +137,10 @@ async fn a_consumer_killed_mid_stream_loses_no_job() {
     assert!(missing.is_empty(), "jobs never processed: {missing:?}…");
     let duplicates = victim_ids.len() + survivor_ids.len() - all.len();
     // What the victim held unacknowledged came back only after its lease.
-    assert!(drained >= lease / 2, "queue empty {drained:?} after the kill");
+    assert!(
+        drained >= lease / 2,
+        "queue empty {drained:?} after the kill"
+    );
     eprintln!(
         "consumer SIGKILL: {n} jobs, victim processed {} before the kill, survivor {}; \
          {duplicates} processed twice (redelivered after the {lease:?} lease); queue empty \
@@ -158,7 +166,12 @@ async fn a_server_killed_and_restarted_keeps_every_acknowledged_put() {
     let mut confirmed = HashSet::new();
     for round in 0..20u64 {
         for id in round * 1000..(round + 1) * 1000 {
-            q.feed(Job { id, pad: vec![1; 64] }).await.unwrap();
+            q.feed(Job {
+                id,
+                pad: vec![1; 64],
+            })
+            .await
+            .unwrap();
         }
         q.flush().await.unwrap();
         confirmed.extend(round * 1000..(round + 1) * 1000);
@@ -172,7 +185,12 @@ async fn a_server_killed_and_restarted_keeps_every_acknowledged_put() {
     }
     // More fed, not waited for, when the server dies: those are in doubt, not promised.
     for id in 2_000_000..2_005_000 {
-        q.feed(Job { id, pad: vec![3; 64] }).await.unwrap();
+        q.feed(Job {
+            id,
+            pad: vec![3; 64],
+        })
+        .await
+        .unwrap();
     }
     server.server.kill9();
     let unconfirmed = match q.close().await {

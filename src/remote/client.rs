@@ -151,7 +151,7 @@ impl ClientOptions {
     }
 
     /// Over JetStream, how many fed items, and how many bytes of them, may share one
-    /// message (a pack, see [`jetstream`](super::jetstream)); 1 sends one message per
+    /// message (a pack, see `remote::jetstream`, feature `nats`); 1 sends one message per
     /// item. At least 1 item and 1 byte (an item larger than `bytes` travels alone). By
     /// default 64 items or 64 KiB. procq's own server ignores it: it carries many puts
     /// per frame anyway, each its own item.
@@ -951,14 +951,22 @@ enum Backend {
 
 /// The JetStream side of a method, or the procq server's client. Without the `nats`
 /// feature every queue is on procq's server.
+#[cfg(feature = "nats")]
 macro_rules! backend {
     ($self:expr, $js:ident => $on_js:expr) => {
         match &$self.backend {
             Backend::Server(client) => client,
-            #[cfg(feature = "nats")]
             Backend::JetStream($js) => $on_js,
         }
     };
+}
+
+#[cfg(not(feature = "nats"))]
+macro_rules! backend {
+    ($self:expr, $js:ident => $on_js:expr) => {{
+        let Backend::Server(client) = &$self.backend;
+        client
+    }};
 }
 
 impl<T> Clone for RemoteQueue<T> {
@@ -1268,10 +1276,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
             }
         };
         let _ = tokio::time::timeout_at(deadline, ended).await;
-        let mut failures = match settled {
-            Ok(failures) => failures,
-            Err(_) => Failures::default(),
-        };
+        let mut failures: Failures = settled.unwrap_or_default();
         {
             // Whatever is still unresolved is now final.
             let mut st = client.shared.lock();
@@ -1626,7 +1631,7 @@ impl Drop for CancelJoin<'_> {
 /// until [`ack`](Self::ack), for at most its lease (extended by
 /// [`keep_alive`](Self::keep_alive)). Dropped without an ack, it goes back to the front
 /// of the queue at once (over JetStream: to the back, once the other items of its pack
-/// are settled; see [`jetstream`](super::jetstream)).
+/// are settled; see `remote::jetstream`, feature `nats`).
 #[must_use = "a delivery dropped without an ack goes back to the queue"]
 pub struct Delivery(Lease);
 
@@ -1667,7 +1672,7 @@ impl Delivery {
     /// acknowledges the message and waits for JetStream's confirmation
     /// ([`RemoteError::Timeout`] if none comes within the request timeout: the message may
     /// or may not be acknowledged). A lease that ran out is found by the client's own
-    /// clock (see [`jetstream`](super::jetstream)); then nothing is sent.
+    /// clock (see `remote::jetstream`, feature `nats`); then nothing is sent.
     ///
     /// # Cancel safety
     ///

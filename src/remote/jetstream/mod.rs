@@ -92,7 +92,7 @@
 //! * **No disconnects.** The NATS client reconnects by itself, to any server of the
 //!   cluster it knows (it learns them from the one it reached). A lost server or a leader
 //!   election shows as waiting; every call with a bound ends with
-//!   [`RemoteError::Timeout`](crate::remote::RemoteError::Timeout) at its bound, and
+//!   [`RemoteError::Timeout`] at its bound, and
 //!   `get_unacked` and `get` without a timeout wait until a server is back. The client
 //!   pings every 2 s, so a server cut off silently is left after a few seconds.
 //! * **Puts are deduplicated.** Every message carries a message id; one sent again (a lost
@@ -115,7 +115,7 @@
 //! stream is deleted or purged, or more replicas than a quorum lose their disks (an R1
 //! stream: its one node's disk, or a power loss before the page cache reached it). A put
 //! that fails is handed back; one whose error is in doubt
-//! ([`RemoteError::put_in_doubt`](crate::remote::RemoteError::put_in_doubt)) may be
+//! ([`RemoteError::put_in_doubt`]) may be
 //! stored. A fed item that is not confirmed is handed back by `flush` or `close` (refused
 //! or in doubt); a handle dropped without `close` keeps sending in the background and says
 //! on stderr how many items were unconfirmed, but no one learns their fate.

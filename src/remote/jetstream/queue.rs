@@ -642,10 +642,7 @@ impl Queue {
         };
         let _ = tokio::time::timeout_at(deadline, ended).await;
         let _ = tokio::time::timeout_at(deadline, inner.client.flush()).await;
-        let mut failures = match settled {
-            Ok(failures) => failures,
-            Err(_) => Failures::default(),
-        };
+        let mut failures: Failures = settled.unwrap_or_default();
         {
             // What is still unresolved at the deadline is final now.
             let mut st = inner.lock();
