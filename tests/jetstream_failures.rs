@@ -78,6 +78,19 @@ async fn play(role: &str) {
                 }
             }
         }
+        // Feeds 10 jobs and drops the handle without closing it; lives on until killed.
+        "feed-and-drop" => {
+            let q = ClientOptions::new(KEY)
+                .connect::<Job>(&url, "work")
+                .await
+                .unwrap();
+            for id in 0..10 {
+                q.feed(Job { id, pad: vec![] }).await.unwrap();
+            }
+            drop(q);
+            report("dropped");
+            std::future::pending::<()>().await;
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -220,6 +233,38 @@ async fn a_server_killed_and_restarted_keeps_every_acknowledged_put() {
         confirmed.len(),
         got.len(),
         restarted.elapsed()
+    );
+    reader.close().await.unwrap();
+}
+
+/// A handle dropped without `close` says on stderr how many fed items were unconfirmed,
+/// and its task still sends them while the runtime runs.
+#[tokio::test]
+async fn a_handle_dropped_unconfirmed_says_so_and_still_sends() {
+    let server = Single::start();
+    let url = server.url();
+    let options = ClientOptions::new(KEY);
+    jetstream::declare(&options, &url, "work", &QueueConfig::new())
+        .await
+        .unwrap();
+    let mut cmd = child_command("feed-and-drop");
+    cmd.env("URL", &url).stderr(std::process::Stdio::piped());
+    let mut kid = Kid::spawn(cmd);
+    let stderr = kid.child.stderr.take().unwrap();
+    assert_eq!(kid.report().await, "dropped");
+    let reader = options.connect::<Job>(&url, "work").await.unwrap();
+    let mut got = HashSet::new();
+    while got.len() < 10 {
+        got.insert(reader.get_timeout(PATIENCE).await.unwrap().id);
+    }
+    kid.kill().await;
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::BufReader::new(stderr), &mut text)
+        .await
+        .unwrap();
+    assert!(
+        text.contains("dropped with 10 fed items not yet confirmed"),
+        "stderr: {text}"
     );
     reader.close().await.unwrap();
 }

@@ -194,6 +194,15 @@ impl ClientOptions {
     /// an unknown queue ([`Refusal::UnknownQueue`]), a full server ([`Refusal::Busy`]) or
     /// one shutting down, [`RemoteError::Timeout`] after the connect timeout.
     ///
+    /// With the `nats` feature, an address starting with `nats://` or `tls://` (several
+    /// may be given, separated by commas) connects to NATS and opens the JetStream queue
+    /// `name` (see `remote::jetstream`): the key is sent as the NATS token unless the URL
+    /// carries credentials; a stream or consumer that is not there is
+    /// [`Refusal::UnknownQueue`]; a [`lease`](Self::lease) other than the queue's ack wait
+    /// is [`RemoteError::InvalidOptions`]; a server that refuses the token is
+    /// [`AuthError::Rejected`](super::AuthError::Rejected); no server listening is
+    /// [`RemoteError::Io`].
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future closes the half-made connection; nothing is left behind.
@@ -934,6 +943,12 @@ impl Drop for Client {
 ///
 /// A broken connection is an error value from every call, never a hang; use
 /// [`reconnect`](Self::reconnect) to continue.
+///
+/// **On NATS JetStream** (feature `nats`): an address `nats://host:4222` (or several,
+/// comma-separated) opens the same queue API on a durable, replicated JetStream stream
+/// declared by `jetstream::declare`. The module `remote::jetstream` documents the
+/// mapping and what differs: packs of fed items, leases counted by the client, no
+/// disconnects (the client reconnects by itself), redelivered items after newer ones.
 pub struct RemoteQueue<T> {
     backend: Backend,
     _item: PhantomData<fn(T) -> T>,
@@ -1016,14 +1031,16 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         &client.name
     }
 
-    /// The queue's bound, as declared on the server; `None` for an unbounded queue.
+    /// The queue's bound, as declared on the server (over JetStream: the stream's max
+    /// messages); `None` for an unbounded queue.
     pub fn maxsize(&self) -> Option<u64> {
         let client =
             backend!(self, js => return (js.inner.maxsize > 0).then_some(js.inner.maxsize));
         (client.maxsize > 0).then_some(client.maxsize)
     }
 
-    /// The lease the server gives this connection's deliveries.
+    /// The lease the server gives this connection's deliveries (over JetStream: the
+    /// consumer's ack wait).
     pub fn lease(&self) -> Duration {
         let client = backend!(self, js => return js.inner.lease);
         client.lease
@@ -1068,10 +1085,19 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Fails with [`Refusal::ShuttingDown`] once the server is shutting down, and
     /// [`RemoteError::TooLarge`] (nothing sent) for an item above the server's limit.
     ///
+    /// Over JetStream: resolves once JetStream's publish ack says the stream
+    /// holds the item (one message); a full bounded queue is waited on by publishing again
+    /// (pauses of up to 100 ms), a lost ack or an election by publishing again with the same
+    /// message id, for at most the request timeout, then [`RemoteError::Timeout`] (in
+    /// doubt).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future withdraws the put if the server has not admitted it yet; if
     /// it had, the item stays queued, as after a put that completed.
+    ///
+    /// Over JetStream, a publish already sent cannot be withdrawn: dropping
+    /// the future may leave the item stored.
     pub async fn put(&self, item: T) -> Result<(), PutError<T>> {
         let (bytes, item) = self.encode(item)?;
         let client = backend!(self, js => {
@@ -1095,6 +1121,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// room in the queue). On timeout the put is withdrawn and the server says whether it
     /// got in first: [`RemoteError::Timeout`] means it did not (unless no answer came
     /// within the request timeout either, then the put is in doubt).
+    ///
+    /// Over JetStream, nothing is withdrawn: [`RemoteError::Timeout`] means
+    /// the item may be stored if a publish went out (it is in doubt, see
+    /// [`RemoteError::put_in_doubt`]).
     ///
     /// # Cancel safety
     ///
@@ -1151,6 +1181,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// when earlier puts of this connection still wait for room). One round trip to the
     /// server, bounded by the request timeout.
     ///
+    /// Over JetStream, [`Refusal::Full`] is JetStream's refusal of the publish
+    /// (the stream is at its max messages or max bytes); a publish that gets no answer
+    /// within the request timeout is [`RemoteError::Timeout`] (in doubt).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future leaves the put to the server: it is held if there was room.
@@ -1184,6 +1218,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// [`close`](Self::close) then say what the server did not take, and hand those items
     /// back.
     ///
+    /// Over JetStream, fed items sent back to back share one message (a pack,
+    /// up to [`ClientOptions::pack`]); the handle's task sends what is fed whenever the
+    /// feeding task yields, never holding an item back for more.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future before it resolves sends nothing.
@@ -1201,6 +1239,11 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Waits until every put fed and every ack sent so far is resolved. Returns the fed
     /// items the server refused and, if the connection ended, those whose fate is
     /// unknown, plus how many acks of [`get`](Self::get) failed; each is reported once.
+    ///
+    /// Over JetStream, a fed item is in doubt when no publish of its pack got an
+    /// answer within the request timeout; acks of `get` are written to the connection (as
+    /// far as it allows within the request timeout), and those not sent because the lease
+    /// had run out are counted as failed.
     ///
     /// # Cancel safety
     ///
@@ -1240,6 +1283,12 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// request timeout) for every put and ack to be resolved; says what failed, as
     /// [`flush`](Self::flush) does. Items pushed to this client and not taken go back to
     /// the queue. Later calls fail with [`Disconnect::ClosedHere`].
+    ///
+    /// Over JetStream, items pulled to this handle and not taken are given back at
+    /// once (a negative ack), pulling stops and the NATS connection is drained; deliveries
+    /// still held fail with [`Disconnect::ClosedHere`] and come back after their lease.
+    /// What is still unresolved at the deadline is handed back (in doubt if a publish may
+    /// have been stored, refused otherwise).
     ///
     /// # Cancel safety
     ///
@@ -1347,6 +1396,11 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// [`Delivery::ack`], and gives it to another consumer if this connection ends, the
     /// delivery is dropped, or its lease runs out first. Items already pushed to this
     /// client are handed out even after the connection ended (their acks then fail).
+    ///
+    /// Over JetStream, nothing disconnects: a lost server or an election is
+    /// waited through (the client reconnects by itself); bound the wait with
+    /// [`get_unacked_timeout`](Self::get_unacked_timeout). Items whose lease ran out while
+    /// they waited in this handle are skipped (JetStream delivers them again).
     ///
     /// # Cancel safety
     ///
@@ -1485,6 +1539,11 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Items waiting in the server's queue (not counting those delivered and not yet
     /// acknowledged). It counts every put of this connection sent before it.
     ///
+    /// Over JetStream, the messages JetStream stores and never delivered (the
+    /// durable consumer's `num_pending`): a pack of fed items counts as one, and messages
+    /// waiting to be delivered again (a lease ran out) are not counted. One request,
+    /// bounded by the request timeout.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe; bounded by the request timeout.
@@ -1509,6 +1568,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// mark done only as many tasks as it acknowledged items ([`Refusal::TaskDoneMisuse`]
     /// otherwise).
     ///
+    /// Over JetStream, an item's task is done when its message is acknowledged;
+    /// `task_done` only checks, on this handle, that it is not called more often than
+    /// items were acknowledged.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future may or may not leave the task marked done; bounded by the
@@ -1524,6 +1587,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
 
     /// Waits until every task put by anyone is marked done. Waits without bound; see
     /// [`join_timeout`](Self::join_timeout).
+    ///
+    /// Over JetStream, waits until the stream holds no message (acknowledged work
+    /// is removed), after this handle's fed items are resolved; it asks JetStream, with
+    /// pauses growing to 100 ms.
     ///
     /// # Cancel safety
     ///
@@ -1581,6 +1648,9 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     }
 
     /// The server's statistics (every queue, connections, memory).
+    ///
+    /// Over JetStream: [`Refusal::NotAllowed`] (JetStream has its own
+    /// monitoring; see `jetstream::info`).
     ///
     /// # Cancel safety
     ///

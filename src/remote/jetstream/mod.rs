@@ -436,7 +436,9 @@ pub async fn declare(
 }
 
 /// Deletes the queue `name` (its stream, with every item it holds, and its consumer).
-/// [`Refusal::UnknownQueue`](crate::remote::Refusal::UnknownQueue) if there is none.
+/// [`Refusal::UnknownQueue`](crate::remote::Refusal::UnknownQueue) if there is none;
+/// [`RemoteError::Timeout`] if no server answers within the connect timeout plus the
+/// request timeout.
 ///
 /// # Cancel safety
 ///
@@ -487,7 +489,8 @@ pub struct ReplicaInfo {
 }
 
 /// Asks JetStream about the queue `name` at `addr`: its counts, its leader and how
-/// current its replicas are (two API requests, each bounded by the request timeout).
+/// current its replicas are (two API requests, each bounded by the request timeout, after
+/// a connect bounded by the connect timeout; [`RemoteError::Timeout`] past them).
 ///
 /// # Cancel safety
 ///
