@@ -147,6 +147,28 @@ async fn errors_are_the_same_typed_codes() {
         matches!(too_large.error(), RemoteError::TooLarge { .. }),
         "{too_large}"
     );
+    // A fed item that never finds room is handed back by close, refused as full.
+    let impatient = ClientOptions::new(KEY)
+        .request_timeout(Duration::from_millis(500))
+        .connect::<u8>(&url, "small")
+        .await
+        .unwrap();
+    impatient.put(9).await.unwrap();
+    impatient.feed(10).await.unwrap();
+    let closed = impatient.close().await.unwrap_err();
+    assert_eq!(closed.refused().len(), 1, "{closed}");
+    assert_eq!(closed.refused()[0].0, 10);
+    assert_eq!(closed.refused()[0].1, Refusal::Full);
+    assert!(closed.in_doubt().is_empty());
+    // Declaring what the server cannot hold: JetStream's own refusal, in words.
+    let three = jetstream::declare(&options(), &url, "wide", &QueueConfig::new().replicas(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(three, RemoteError::JetStream(_)), "{three}");
+    let zero = jetstream::declare(&options(), &url, "wide", &QueueConfig::new().replicas(0))
+        .await
+        .unwrap_err();
+    assert!(matches!(zero, RemoteError::InvalidOptions(_)), "{zero}");
     // stats are procq's server's.
     assert!(matches!(
         q.stats().await,
