@@ -169,6 +169,28 @@ async fn errors_are_the_same_typed_codes() {
         .await
         .unwrap_err();
     assert!(matches!(zero, RemoteError::InvalidOptions(_)), "{zero}");
+    // Declaring again updates the queue in place; deleting removes it.
+    declared(
+        &url,
+        "small",
+        QueueConfig::new().maxsize(5).lease(Duration::from_secs(7)),
+    )
+    .await;
+    let updated = RemoteQueue::<u8>::connect(&url, "small", KEY)
+        .await
+        .unwrap();
+    assert_eq!(updated.maxsize(), Some(5));
+    assert_eq!(updated.lease(), Duration::from_secs(7));
+    updated.close().await.unwrap();
+    jetstream::delete(&options(), &url, "small").await.unwrap();
+    assert!(matches!(
+        RemoteQueue::<u8>::connect(&url, "small", KEY).await,
+        Err(RemoteError::Refused(Refusal::UnknownQueue))
+    ));
+    assert!(matches!(
+        jetstream::delete(&options(), &url, "small").await,
+        Err(RemoteError::Refused(Refusal::UnknownQueue))
+    ));
     // stats are procq's server's.
     assert!(matches!(
         q.stats().await,
