@@ -68,7 +68,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let replicas: usize = std::env::var("REPLICAS").map_or(Ok(1), |r| r.parse())?;
-    jetstream::declare(&options, &url, "jobs", &QueueConfig::new().replicas(replicas)).await?;
+    jetstream::declare(
+        &options,
+        &url,
+        "jobs",
+        &QueueConfig::new().replicas(replicas),
+    )
+    .await?;
     let started = Instant::now();
     let spawn = |role: &str| {
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
