@@ -24,7 +24,8 @@
 //! * **Shutdown that says what it loses**: [`Server::shutdown`] refuses new puts at once,
 //!   lets consumers drain, and reports every item it discards.
 //! * **In memory**: the server keeps its queues in memory; what must survive a restart
-//!   belongs in a durable backend.
+//!   belongs in a durable backend: with the `nats` feature, the same [`RemoteQueue`] on a
+//!   NATS JetStream cluster (`jetstream`), reached by a `nats://` address.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,6 +52,8 @@ mod auth;
 mod client;
 mod codec;
 mod error;
+#[cfg(feature = "nats")]
+pub mod jetstream;
 mod link;
 pub mod protocol;
 mod server;

@@ -44,15 +44,17 @@ use super::{auth, transport, trim_key};
 /// ```
 #[derive(Clone)]
 pub struct ClientOptions {
-    key: Vec<u8>,
-    tls: Option<(Arc<rustls::ClientConfig>, String)>,
-    prefetch: u32,
-    window: u64,
-    window_bytes: usize,
+    pub(crate) key: Vec<u8>,
+    pub(crate) tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    pub(crate) prefetch: u32,
+    pub(crate) window: u64,
+    pub(crate) window_bytes: usize,
     max_frame: u64,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    lease: Option<Duration>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) pack_items: usize,
+    pub(crate) pack_bytes: usize,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -67,6 +69,8 @@ impl fmt::Debug for ClientOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("lease", &self.lease)
+            .field("pack_items", &self.pack_items)
+            .field("pack_bytes", &self.pack_bytes)
             .finish()
     }
 }
@@ -87,6 +91,8 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             lease: None,
+            pack_items: 64,
+            pack_bytes: 64 * 1024,
         }
     }
 
@@ -144,7 +150,18 @@ impl ClientOptions {
         self
     }
 
-    fn check(&self) -> Result<(), RemoteError> {
+    /// Over JetStream, how many fed items, and how many bytes of them, may share one
+    /// message (a pack, see `remote::jetstream`, feature `nats`); 1 sends one message per
+    /// item. At least 1 item and 1 byte (an item larger than `bytes` travels alone). By
+    /// default 64 items or 64 KiB. procq's own server ignores it: it carries many puts
+    /// per frame anyway, each its own item.
+    pub fn pack(mut self, items: usize, bytes: usize) -> Self {
+        self.pack_items = items;
+        self.pack_bytes = bytes;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), RemoteError> {
         let fail = |what| Err(RemoteError::InvalidOptions(what));
         if self.key.is_empty() {
             return fail("the key is empty");
@@ -164,6 +181,9 @@ impl ClientOptions {
         if self.lease.is_some_and(|d| d < Duration::from_millis(10)) {
             return fail("lease must be at least 10 ms");
         }
+        if self.pack_items == 0 || self.pack_bytes == 0 {
+            return fail("a pack must be at least one item and one byte");
+        }
         Ok(())
     }
 
@@ -174,14 +194,32 @@ impl ClientOptions {
     /// an unknown queue ([`Refusal::UnknownQueue`]), a full server ([`Refusal::Busy`]) or
     /// one shutting down, [`RemoteError::Timeout`] after the connect timeout.
     ///
+    /// With the `nats` feature, an address starting with `nats://` or `tls://` (several
+    /// may be given, separated by commas) connects to NATS and opens the JetStream queue
+    /// `name` (see `remote::jetstream`): the key is sent as the NATS token unless the URL
+    /// carries credentials; a stream or consumer that is not there is
+    /// [`Refusal::UnknownQueue`]; a [`lease`](Self::lease) other than the queue's ack wait
+    /// is [`RemoteError::InvalidOptions`]; a server that refuses the token is
+    /// [`AuthError::Rejected`](super::AuthError::Rejected); no server listening is
+    /// [`RemoteError::Io`].
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future closes the half-made connection; nothing is left behind.
     pub async fn connect<T>(&self, addr: &str, name: &str) -> Result<RemoteQueue<T>, RemoteError> {
+        #[cfg(feature = "nats")]
+        if super::jetstream::is_nats(addr) {
+            self.check()?;
+            let queue = super::jetstream::queue::Queue::connect(self, addr, name).await?;
+            return Ok(RemoteQueue {
+                backend: Backend::JetStream(Arc::new(queue)),
+                _item: PhantomData,
+            });
+        }
         protocol::check_name(name).map_err(RemoteError::InvalidName)?;
         let opened = open(self, addr, Some(name)).await?;
         Ok(RemoteQueue {
-            client: Arc::new(Client::start(self.clone(), addr, name, opened)),
+            backend: Backend::Server(Arc::new(Client::start(self.clone(), addr, name, opened))),
             _item: PhantomData,
         })
     }
@@ -726,6 +764,7 @@ impl Client {
             in_doubt: Vec::new(),
             acks_failed: std::mem::take(&mut st.acks_failed),
             broken: st.broken,
+            cause: None,
         };
         if st.broken.is_some() {
             // Nothing more will be resolved: every fed put left is in doubt, unless the
@@ -754,22 +793,39 @@ impl Drop for AbortOnDrop {
 }
 
 /// What a flush found.
-struct Failures {
-    refused: Vec<(Bytes, Refusal)>,
-    in_doubt: Vec<Bytes>,
-    acks_failed: u64,
-    broken: Option<Disconnect>,
+#[derive(Default)]
+pub(crate) struct Failures {
+    pub(crate) refused: Vec<(Bytes, Refusal)>,
+    pub(crate) in_doubt: Vec<Bytes>,
+    pub(crate) acks_failed: u64,
+    pub(crate) broken: Option<Disconnect>,
+    /// The cause to report before any other (a JetStream error behind a refusal).
+    pub(crate) cause: Option<RemoteError>,
 }
 
 impl Failures {
-    fn into_result<T: DeserializeOwned>(self) -> Result<(), FlushError<T>> {
+    #[cfg(feature = "nats")]
+    pub(crate) fn merge(&mut self, more: Failures) {
+        self.refused.extend(more.refused);
+        self.in_doubt.extend(more.in_doubt);
+        self.acks_failed += more.acks_failed;
+        self.broken = self.broken.or(more.broken);
+        if self.cause.is_none() {
+            self.cause = more.cause;
+        }
+    }
+
+    pub(crate) fn into_result<T: DeserializeOwned>(self) -> Result<(), FlushError<T>> {
         if self.refused.is_empty() && self.in_doubt.is_empty() && self.acks_failed == 0 {
             return Ok(());
         }
-        let error = match (self.refused.first(), self.broken) {
-            (Some((_, code)), _) => RemoteError::Refused(*code),
-            (None, Some(reason)) => RemoteError::Disconnected(reason),
-            (None, None) => RemoteError::Refused(Refusal::LeaseExpired),
+        let error = match (self.cause, self.refused.first(), self.broken) {
+            (Some(cause), _, _) => cause,
+            (None, Some((_, code)), _) => RemoteError::Refused(*code),
+            (None, None, Some(reason)) => RemoteError::Disconnected(reason),
+            // Over JetStream: no answer within the request timeout.
+            (None, None, None) if !self.in_doubt.is_empty() => RemoteError::Timeout,
+            (None, None, None) => RemoteError::Refused(Refusal::LeaseExpired),
         };
         let decode = |bytes: &Bytes| match postcard::from_bytes::<T>(bytes) {
             Ok(item) => Some(item),
@@ -887,15 +943,51 @@ impl Drop for Client {
 ///
 /// A broken connection is an error value from every call, never a hang; use
 /// [`reconnect`](Self::reconnect) to continue.
+///
+/// **On NATS JetStream** (feature `nats`): an address `nats://host:4222` (or several,
+/// comma-separated) opens the same queue API on a durable, replicated JetStream stream
+/// declared by `jetstream::declare`. The module `remote::jetstream` documents the
+/// mapping and what differs: packs of fed items, leases counted by the client, no
+/// disconnects (the client reconnects by itself), redelivered items after newer ones.
 pub struct RemoteQueue<T> {
-    client: Arc<Client>,
+    backend: Backend,
     _item: PhantomData<fn(T) -> T>,
+}
+
+/// Where a queue lives.
+#[derive(Clone)]
+enum Backend {
+    /// procq's own server.
+    Server(Arc<Client>),
+    /// A NATS JetStream stream.
+    #[cfg(feature = "nats")]
+    JetStream(Arc<super::jetstream::queue::Queue>),
+}
+
+/// The JetStream side of a method, or the procq server's client. Without the `nats`
+/// feature every queue is on procq's server.
+#[cfg(feature = "nats")]
+macro_rules! backend {
+    ($self:expr, $js:ident => $on_js:expr) => {
+        match &$self.backend {
+            Backend::Server(client) => client,
+            Backend::JetStream($js) => $on_js,
+        }
+    };
+}
+
+#[cfg(not(feature = "nats"))]
+macro_rules! backend {
+    ($self:expr, $js:ident => $on_js:expr) => {{
+        let Backend::Server(client) = &$self.backend;
+        client
+    }};
 }
 
 impl<T> Clone for RemoteQueue<T> {
     fn clone(&self) -> Self {
         RemoteQueue {
-            client: self.client.clone(),
+            backend: self.backend.clone(),
             _item: PhantomData,
         }
     }
@@ -903,11 +995,12 @@ impl<T> Clone for RemoteQueue<T> {
 
 impl<T> fmt::Debug for RemoteQueue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.client.shared.lock();
+        let client = backend!(self, js => return js.fmt(f));
+        let st = client.shared.lock();
         f.debug_struct("RemoteQueue")
-            .field("addr", &self.client.addr)
-            .field("queue", &self.client.name)
-            .field("maxsize", &self.client.maxsize)
+            .field("addr", &client.addr)
+            .field("queue", &client.name)
+            .field("maxsize", &client.maxsize)
             .field("unconfirmed_puts", &(st.puts_sent - st.puts_done))
             .field("buffered", &st.buffer.len())
             .field("broken", &st.broken)
@@ -934,25 +1027,36 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
 
     /// The queue's name.
     pub fn name(&self) -> &str {
-        &self.client.name
+        let client = backend!(self, js => return &js.inner.name);
+        &client.name
     }
 
-    /// The queue's bound, as declared on the server; `None` for an unbounded queue.
+    /// The queue's bound, as declared on the server (over JetStream: the stream's max
+    /// messages); `None` for an unbounded queue.
     pub fn maxsize(&self) -> Option<u64> {
-        (self.client.maxsize > 0).then_some(self.client.maxsize)
+        let client =
+            backend!(self, js => return (js.inner.maxsize > 0).then_some(js.inner.maxsize));
+        (client.maxsize > 0).then_some(client.maxsize)
     }
 
-    /// The lease the server gives this connection's deliveries.
+    /// The lease the server gives this connection's deliveries (over JetStream: the
+    /// consumer's ack wait).
     pub fn lease(&self) -> Duration {
-        self.client.lease
+        let client = backend!(self, js => return js.inner.lease);
+        client.lease
     }
 
     /// Encodes an item into the connection's encoding buffer: items share its
     /// allocations, and the copies kept until the server confirms them cost no more.
     fn encode(&self, item: T) -> Result<(Bytes, T), PutError<T>> {
         use bytes::BufMut;
+        let (arena, max_item) = match &self.backend {
+            Backend::Server(client) => (&client.arena, client.max_item),
+            #[cfg(feature = "nats")]
+            Backend::JetStream(js) => (&js.arena, js.inner.max_item),
+        };
         let bytes = {
-            let mut arena = self.client.arena.lock().unwrap_or_else(|e| e.into_inner());
+            let mut arena = arena.lock().unwrap_or_else(|e| e.into_inner());
             if arena.capacity() - arena.len() < 1024 {
                 arena.reserve(64 * 1024);
             }
@@ -964,10 +1068,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
                 }
             }
         };
-        if bytes.len() as u64 > self.client.max_item {
+        if bytes.len() as u64 > max_item {
             let error = RemoteError::TooLarge {
                 size: bytes.len() as u64,
-                max: self.client.max_item,
+                max: max_item,
             };
             return Err(PutError::new(error, item));
         }
@@ -981,22 +1085,34 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Fails with [`Refusal::ShuttingDown`] once the server is shutting down, and
     /// [`RemoteError::TooLarge`] (nothing sent) for an item above the server's limit.
     ///
+    /// Over JetStream: resolves once JetStream's publish ack says the stream
+    /// holds the item (one message); a full bounded queue is waited on by publishing again
+    /// (pauses of up to 100 ms), a lost ack or an election by publishing again with the same
+    /// message id, for at most the request timeout, then [`RemoteError::Timeout`] (in
+    /// doubt).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future withdraws the put if the server has not admitted it yet; if
     /// it had, the item stays queued, as after a put that completed.
+    ///
+    /// Over JetStream, a publish already sent cannot be withdrawn: dropping
+    /// the future may leave the item stored.
     pub async fn put(&self, item: T) -> Result<(), PutError<T>> {
         let (bytes, item) = self.encode(item)?;
-        let seq = match self.client.send_put(bytes, true, false).await {
+        let client = backend!(self, js => {
+            return js.put(bytes, true, None).await.map_err(|e| PutError::new(e, item));
+        });
+        let seq = match client.send_put(bytes, true, false).await {
             Ok(seq) => seq,
             Err(e) => return Err(PutError::new(e, item)),
         };
         let mut withdraw = Withdraw {
-            client: &self.client,
+            client,
             seq,
             armed: true,
         };
-        let outcome = self.client.put_outcome(seq).await;
+        let outcome = client.put_outcome(seq).await;
         withdraw.armed = false;
         outcome.map_err(|e| PutError::new(e, item))
     }
@@ -1006,36 +1122,42 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// got in first: [`RemoteError::Timeout`] means it did not (unless no answer came
     /// within the request timeout either, then the put is in doubt).
     ///
+    /// Over JetStream, nothing is withdrawn: [`RemoteError::Timeout`] means
+    /// the item may be stored if a publish went out (it is in doubt, see
+    /// [`RemoteError::put_in_doubt`]).
+    ///
     /// # Cancel safety
     ///
     /// As [`put`](Self::put).
     pub async fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
         let deadline = Instant::now() + timeout;
         let (bytes, item) = self.encode(item)?;
-        let seq = match tokio::time::timeout_at(deadline, self.client.send_put(bytes, true, false))
-            .await
+        let client = backend!(self, js => {
+            return js
+                .put(bytes, true, Some(deadline))
+                .await
+                .map_err(|e| PutError::new(e, item));
+        });
+        let seq = match tokio::time::timeout_at(deadline, client.send_put(bytes, true, false)).await
         {
             Ok(Ok(seq)) => seq,
             Ok(Err(e)) => return Err(PutError::new(e, item)),
             Err(_) => return Err(PutError::new(RemoteError::Timeout, item)),
         };
         let mut withdraw = Withdraw {
-            client: &self.client,
+            client,
             seq,
             armed: true,
         };
-        let outcome = match tokio::time::timeout_at(deadline, self.client.put_outcome(seq)).await {
+        let outcome = match tokio::time::timeout_at(deadline, client.put_outcome(seq)).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                let sent = self
-                    .client
-                    .send_with(|_| (Request::Withdraw { seq }, ()))
-                    .await;
+                let sent = client.send_with(|_| (Request::Withdraw { seq }, ())).await;
                 match sent {
                     Err(e) => Err(e),
                     Ok(()) => match tokio::time::timeout(
-                        self.client.options.request_timeout,
-                        self.client.put_outcome(seq),
+                        client.options.request_timeout,
+                        client.put_outcome(seq),
                     )
                     .await
                     {
@@ -1049,7 +1171,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
             }
         };
         withdraw.armed = matches!(outcome, Err(RemoteError::Timeout)) && {
-            let st = self.client.shared.lock();
+            let st = client.shared.lock();
             st.puts_done < seq && !st.put_refused.contains_key(&seq)
         };
         outcome.map_err(|e| PutError::new(e, item))
@@ -1059,26 +1181,34 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// when earlier puts of this connection still wait for room). One round trip to the
     /// server, bounded by the request timeout.
     ///
+    /// Over JetStream, [`Refusal::Full`] is JetStream's refusal of the publish
+    /// (the stream is at its max messages or max bytes); a publish that gets no answer
+    /// within the request timeout is [`RemoteError::Timeout`] (in doubt).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future leaves the put to the server: it is held if there was room.
     pub async fn try_put(&self, item: T) -> Result<(), PutError<T>> {
         let (bytes, item) = self.encode(item)?;
-        let seq = match self.client.send_put(bytes, false, false).await {
+        let client = backend!(self, js => {
+            let deadline = Instant::now() + js.inner.options.request_timeout;
+            return js
+                .put(bytes, false, Some(deadline))
+                .await
+                .map_err(|e| PutError::new(e, item));
+        });
+        let seq = match client.send_put(bytes, false, false).await {
             Ok(seq) => seq,
             Err(e) => return Err(PutError::new(e, item)),
         };
         let mut withdraw = Withdraw {
-            client: &self.client,
+            client,
             seq,
             armed: true,
         };
-        let outcome = tokio::time::timeout(
-            self.client.options.request_timeout,
-            self.client.put_outcome(seq),
-        )
-        .await
-        .unwrap_or(Err(RemoteError::Timeout));
+        let outcome = tokio::time::timeout(client.options.request_timeout, client.put_outcome(seq))
+            .await
+            .unwrap_or(Err(RemoteError::Timeout));
         withdraw.armed = false;
         outcome.map_err(|e| PutError::new(e, item))
     }
@@ -1088,12 +1218,19 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// [`close`](Self::close) then say what the server did not take, and hand those items
     /// back.
     ///
+    /// Over JetStream, fed items sent back to back share one message (a pack,
+    /// up to [`ClientOptions::pack`]); the handle's task sends what is fed whenever the
+    /// feeding task yields, never holding an item back for more.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future before it resolves sends nothing.
     pub async fn feed(&self, item: T) -> Result<(), PutError<T>> {
         let (bytes, item) = self.encode(item)?;
-        match self.client.send_put(bytes, true, true).await {
+        let client = backend!(self, js => {
+            return js.feed(bytes).await.map_err(|e| PutError::new(e, item));
+        });
+        match client.send_put(bytes, true, true).await {
             Ok(_) => Ok(()),
             Err(e) => Err(PutError::new(e, item)),
         }
@@ -1102,6 +1239,11 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Waits until every put fed and every ack sent so far is resolved. Returns the fed
     /// items the server refused and, if the connection ended, those whose fate is
     /// unknown, plus how many acks of [`get`](Self::get) failed; each is reported once.
+    ///
+    /// Over JetStream, a fed item is in doubt when no publish of its pack got an
+    /// answer within the request timeout; acks of `get` are written to the connection (as
+    /// far as it allows within the request timeout), and those not sent because the lease
+    /// had run out are counted as failed.
     ///
     /// # Cancel safety
     ///
@@ -1121,7 +1263,12 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     }
 
     async fn flush_until(&self, deadline: Option<Instant>) -> Result<(), FlushError<T>> {
-        match self.client.settle_all(deadline).await {
+        let settled = match &self.backend {
+            Backend::Server(client) => client.settle_all(deadline).await,
+            #[cfg(feature = "nats")]
+            Backend::JetStream(js) => js.settle_all(deadline).await,
+        };
+        match settled {
             Ok(failures) => failures.into_result(),
             Err(error) => Err(FlushError {
                 error,
@@ -1137,41 +1284,51 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// [`flush`](Self::flush) does. Items pushed to this client and not taken go back to
     /// the queue. Later calls fail with [`Disconnect::ClosedHere`].
     ///
+    /// Over JetStream, items pulled to this handle and not taken are given back at
+    /// once (a negative ack), pulling stops and the NATS connection is drained; deliveries
+    /// still held fail with [`Disconnect::ClosedHere`] and come back after their lease.
+    /// What is still unresolved at the deadline is handed back (in doubt if a publish may
+    /// have been stored, refused otherwise).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future may leave the connection closing; what it has not reported is
     /// reported by no one (call `close` to completion to know).
     pub async fn close(&self) -> Result<(), FlushError<T>> {
-        let _one = self.client.closing.acquire().await;
-        let deadline = Instant::now() + self.client.options.request_timeout;
-        let settled = self.client.settle_all(Some(deadline)).await;
-        self.client.shared.lock().closed_here = true;
-        self.client.stop.cancel();
+        let client = backend!(self, js => {
+            let deadline = Instant::now() + js.inner.options.request_timeout;
+            return match js.close(deadline).await {
+                Ok(failures) => failures.into_result(),
+                Err(error) => Err(FlushError {
+                    error,
+                    refused: Vec::new(),
+                    in_doubt: Vec::new(),
+                    acks_failed: 0,
+                }),
+            };
+        });
+        let _one = client.closing.acquire().await;
+        let deadline = Instant::now() + client.options.request_timeout;
+        let settled = client.settle_all(Some(deadline)).await;
+        client.shared.lock().closed_here = true;
+        client.stop.cancel();
         // The server answers what is left, then closes; wait for that.
         let ended = async {
             loop {
-                let changed = self.client.shared.changed.notified();
+                let changed = client.shared.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if self.client.shared.lock().broken.is_some() {
+                if client.shared.lock().broken.is_some() {
                     return;
                 }
                 changed.await;
             }
         };
         let _ = tokio::time::timeout_at(deadline, ended).await;
-        let mut failures = match settled {
-            Ok(failures) => failures,
-            Err(_) => Failures {
-                refused: Vec::new(),
-                in_doubt: Vec::new(),
-                acks_failed: 0,
-                broken: None,
-            },
-        };
+        let mut failures: Failures = settled.unwrap_or_default();
         {
             // Whatever is still unresolved is now final.
-            let mut st = self.client.shared.lock();
+            let mut st = client.shared.lock();
             failures.refused.append(&mut st.fed_refused);
             failures.acks_failed += std::mem::take(&mut st.acks_failed) + st.auto_acks.len() as u64;
             st.auto_acks.clear();
@@ -1189,22 +1346,26 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         failures.into_result()
     }
 
-    fn take(&self, id: u64, bytes: Bytes) -> Result<(T, Delivery), RemoteError> {
+    fn take(
+        &self,
+        client: &Arc<Client>,
+        id: u64,
+        bytes: Bytes,
+    ) -> Result<(T, Delivery), RemoteError> {
         match postcard::from_bytes(&bytes) {
             Ok(item) => Ok((
                 item,
-                Delivery {
-                    client: self.client.clone(),
+                Delivery(Lease::Server(ServerDelivery {
+                    client: client.clone(),
                     id,
                     settled: false,
-                },
+                })),
             )),
             Err(error) => {
                 // Undecodable for every consumer of this type: take it off the queue and
                 // hand its bytes to the caller.
-                let mut st = self.client.shared.lock();
-                if self
-                    .client
+                let mut st = client.shared.lock();
+                if client
                     .requests
                     .try_send(Request::Ack { delivery: id })
                     .is_ok()
@@ -1216,31 +1377,55 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         }
     }
 
+    #[cfg(feature = "nats")]
+    fn take_js(
+        bytes: Bytes,
+        delivery: super::jetstream::queue::Delivery,
+    ) -> Result<(T, Delivery), RemoteError> {
+        match postcard::from_bytes(&bytes) {
+            Ok(item) => Ok((item, Delivery(Lease::JetStream(delivery)))),
+            Err(error) => {
+                // Undecodable for every consumer of this type: take it off the stream.
+                delivery.ack_nowait_sync();
+                Err(RemoteError::Decode { error, item: bytes })
+            }
+        }
+    }
+
     /// Gets an item without acknowledging it: the server keeps it until
     /// [`Delivery::ack`], and gives it to another consumer if this connection ends, the
     /// delivery is dropped, or its lease runs out first. Items already pushed to this
     /// client are handed out even after the connection ended (their acks then fail).
     ///
+    /// Over JetStream, nothing disconnects: a lost server or an election is
+    /// waited through (the client reconnects by itself); bound the wait with
+    /// [`get_unacked_timeout`](Self::get_unacked_timeout). Items whose lease ran out while
+    /// they waited in this handle are skipped (JetStream delivers them again).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: an item is taken only when the future completes.
     pub async fn get_unacked(&self) -> Result<(T, Delivery), RemoteError> {
-        self.client.top_up().await?;
+        let client = backend!(self, js => {
+            let (bytes, delivery) = js.get_unacked().await?;
+            return Self::take_js(bytes, delivery);
+        });
+        client.top_up().await?;
         // Fast path: an item is already here.
-        let first = self.client.shared.lock().buffer.pop_front();
+        let first = client.shared.lock().buffer.pop_front();
         if let Some((id, bytes)) = first {
-            return self.take(id, bytes);
+            return self.take(client, id, bytes);
         }
         loop {
-            self.client.top_up().await?;
-            let arrived = self.client.shared.arrived.notified();
+            client.top_up().await?;
+            let arrived = client.shared.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             {
-                let mut st = self.client.shared.lock();
+                let mut st = client.shared.lock();
                 if let Some((id, bytes)) = st.buffer.pop_front() {
                     drop(st);
-                    return self.take(id, bytes);
+                    return self.take(client, id, bytes);
                 }
                 if let Some(e) = Client::gone(&st) {
                     return Err(e);
@@ -1295,16 +1480,23 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// as [`get`](Self::get) does; otherwise [`RemoteError::Empty`] (and the server is
     /// asked for items for next time).
     pub fn try_get(&self) -> Result<T, RemoteError> {
-        let mut st = self.client.shared.lock();
+        let client = backend!(self, js => {
+            let (bytes, delivery) = js.try_get()?;
+            let (item, delivery) = Self::take_js(bytes, delivery)?;
+            if let Delivery(Lease::JetStream(delivery)) = delivery {
+                delivery.ack_nowait_sync();
+            }
+            return Ok(item);
+        });
+        let mut st = client.shared.lock();
         let Some((id, bytes)) = st.buffer.pop_front() else {
             if let Some(e) = Client::gone(&st) {
                 return Err(e);
             }
-            let prefetch = self.client.options.prefetch as u64;
+            let prefetch = client.options.prefetch as u64;
             if st.credit_out <= prefetch / 2 {
                 let n = prefetch - st.credit_out;
-                if self
-                    .client
+                if client
                     .requests
                     .try_send(Request::Credit { n: n as u32 })
                     .is_ok()
@@ -1318,18 +1510,20 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
             Ok(item) => item,
             Err(error) => {
                 drop(st);
-                return Err(self.take(id, bytes).err().unwrap_or(RemoteError::Decode {
-                    error,
-                    item: Bytes::new(),
-                }));
+                return Err(self
+                    .take(client, id, bytes)
+                    .err()
+                    .unwrap_or(RemoteError::Decode {
+                        error,
+                        item: Bytes::new(),
+                    }));
             }
         };
         // Ack in order with the other settles; if the channel is full the lease returns
         // the item, and flush counts the ack as failed.
         st.settles_sent += 1;
         let seq = st.settles_sent;
-        if self
-            .client
+        if client
             .requests
             .try_send(Request::Ack { delivery: id })
             .is_ok()
@@ -1345,11 +1539,17 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Items waiting in the server's queue (not counting those delivered and not yet
     /// acknowledged). It counts every put of this connection sent before it.
     ///
+    /// Over JetStream, the messages JetStream stores and never delivered (the
+    /// durable consumer's `num_pending`): a pack of fed items counts as one, and messages
+    /// waiting to be delivered again (a lease ran out) are not counted. One request,
+    /// bounded by the request timeout.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe; bounded by the request timeout.
     pub async fn len(&self) -> Result<u64, RemoteError> {
-        match self.client.call(|req| Request::Len { req }, true).await? {
+        let client = backend!(self, js => return js.len().await);
+        match client.call(|req| Request::Len { req }, true).await? {
             Reply::Value { value, .. } => Ok(value),
             _ => Err(unexpected()),
         }
@@ -1368,16 +1568,17 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// mark done only as many tasks as it acknowledged items ([`Refusal::TaskDoneMisuse`]
     /// otherwise).
     ///
+    /// Over JetStream, an item's task is done when its message is acknowledged;
+    /// `task_done` only checks, on this handle, that it is not called more often than
+    /// items were acknowledged.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future may or may not leave the task marked done; bounded by the
     /// request timeout.
     pub async fn task_done(&self) -> Result<(), RemoteError> {
-        match self
-            .client
-            .call(|req| Request::TaskDone { req }, true)
-            .await?
-        {
+        let client = backend!(self, js => return js.task_done());
+        match client.call(|req| Request::TaskDone { req }, true).await? {
             Reply::Done { .. } => Ok(()),
             Reply::Error { code, .. } => Err(RemoteError::Refused(code)),
             _ => Err(unexpected()),
@@ -1386,6 +1587,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
 
     /// Waits until every task put by anyone is marked done. Waits without bound; see
     /// [`join_timeout`](Self::join_timeout).
+    ///
+    /// Over JetStream, waits until the stream holds no message (acknowledged work
+    /// is removed), after this handle's fed items are resolved; it asks JetStream, with
+    /// pauses growing to 100 ms.
     ///
     /// # Cancel safety
     ///
@@ -1405,9 +1610,9 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     }
 
     async fn join_until(&self, deadline: Option<Instant>) -> Result<(), RemoteError> {
+        let client = backend!(self, js => return js.join(deadline).await);
         let (tx, rx) = oneshot::channel();
-        let req = self
-            .client
+        let req = client
             .send_with(|st| {
                 st.next_req += 1;
                 let req = st.next_req;
@@ -1416,13 +1621,13 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
             })
             .await?;
         let mut cancel = CancelJoin {
-            client: &self.client,
+            client,
             req,
             armed: true,
         };
         let answer = async {
             rx.await.map_err(|_| {
-                Client::gone(&self.client.shared.lock())
+                Client::gone(&client.shared.lock())
                     .unwrap_or(RemoteError::Disconnected(Disconnect::Closed))
             })
         };
@@ -1444,11 +1649,15 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
 
     /// The server's statistics (every queue, connections, memory).
     ///
+    /// Over JetStream: [`Refusal::NotAllowed`] (JetStream has its own
+    /// monitoring; see `jetstream::info`).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe; bounded by the request timeout.
     pub async fn stats(&self) -> Result<ServerStats, RemoteError> {
-        match self.client.call(|req| Request::Stat { req }, true).await? {
+        let client = backend!(self, _js => return Err(RemoteError::Refused(Refusal::NotAllowed)));
+        match client.call(|req| Request::Stat { req }, true).await? {
             Reply::Stats { stats, .. } => Ok(stats),
             _ => Err(unexpected()),
         }
@@ -1462,10 +1671,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     ///
     /// As [`connect`](Self::connect).
     pub async fn reconnect(&self) -> Result<Self, RemoteError> {
-        self.client
-            .options
-            .connect(&self.client.addr, &self.client.name)
-            .await
+        let client = backend!(self, js => {
+            return js.inner.options.connect(&js.inner.addr, &js.inner.name).await;
+        });
+        client.options.connect(&client.addr, &client.name).await
     }
 }
 
@@ -1491,23 +1700,103 @@ impl Drop for CancelJoin<'_> {
 /// An item got with [`RemoteQueue::get_unacked`]: the server keeps it for this consumer
 /// until [`ack`](Self::ack), for at most its lease (extended by
 /// [`keep_alive`](Self::keep_alive)). Dropped without an ack, it goes back to the front
-/// of the queue at once.
+/// of the queue at once (over JetStream: to the back, once the other items of its pack
+/// are settled; see `remote::jetstream`, feature `nats`).
 #[must_use = "a delivery dropped without an ack goes back to the queue"]
-pub struct Delivery {
+pub struct Delivery(Lease);
+
+/// A delivery, by backend.
+enum Lease {
+    Server(ServerDelivery),
+    #[cfg(feature = "nats")]
+    JetStream(super::jetstream::queue::Delivery),
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Lease::Server(d) => d.fmt(f),
+            #[cfg(feature = "nats")]
+            Lease::JetStream(d) => d.fmt(f),
+        }
+    }
+}
+
+impl Delivery {
+    /// The delivery's number on its connection (over JetStream: on its handle).
+    pub fn id(&self) -> u64 {
+        match &self.0 {
+            Lease::Server(d) => d.id(),
+            #[cfg(feature = "nats")]
+            Lease::JetStream(d) => d.id(),
+        }
+    }
+
+    /// Tells the server this item is done with, and waits (at most the request timeout)
+    /// until the server confirms. Fails with [`Refusal::LeaseExpired`] if the lease ran
+    /// out first (the item went back to the queue and may be worked on again), and with
+    /// [`RemoteError::Disconnected`] if the connection ended (it went back too).
+    ///
+    /// Over JetStream, an item that shares its message with others (a pack of fed items)
+    /// is recorded and `ack` resolves at once; the ack of the pack's last unsettled item
+    /// acknowledges the message and waits for JetStream's confirmation
+    /// ([`RemoteError::Timeout`] if none comes within the request timeout: the message may
+    /// or may not be acknowledged). A lease that ran out is found by the client's own
+    /// clock (see `remote::jetstream`, feature `nats`); then nothing is sent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before the ack is sent gives the item back as dropping the
+    /// delivery does; after, the item may or may not be acknowledged.
+    pub async fn ack(self) -> Result<(), RemoteError> {
+        match self.0 {
+            Lease::Server(d) => d.ack().await,
+            #[cfg(feature = "nats")]
+            Lease::JetStream(d) => d.ack().await,
+        }
+    }
+
+    /// Sends the ack without waiting for the server's confirmation.
+    async fn ack_nowait(self) -> Result<(), RemoteError> {
+        match self.0 {
+            Lease::Server(d) => d.ack_nowait().await,
+            #[cfg(feature = "nats")]
+            Lease::JetStream(d) => d.ack_nowait().await,
+        }
+    }
+
+    /// Extends the lease by a full lease from now, for a job that runs long; waits (at
+    /// most the request timeout) for the server to confirm. Fails with
+    /// [`Refusal::LeaseExpired`] if the lease had already run out. Over JetStream it
+    /// extends the lease of the item's whole pack.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not leave the lease extended.
+    pub async fn keep_alive(&self) -> Result<(), RemoteError> {
+        match &self.0 {
+            Lease::Server(d) => d.keep_alive().await,
+            #[cfg(feature = "nats")]
+            Lease::JetStream(d) => d.keep_alive().await,
+        }
+    }
+}
+
+struct ServerDelivery {
     client: Arc<Client>,
     id: u64,
     settled: bool,
 }
 
-impl fmt::Debug for Delivery {
+impl fmt::Debug for ServerDelivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery").field("id", &self.id).finish()
     }
 }
 
-impl Delivery {
+impl ServerDelivery {
     /// The delivery's number on its connection.
-    pub fn id(&self) -> u64 {
+    fn id(&self) -> u64 {
         self.id
     }
 
@@ -1520,7 +1809,7 @@ impl Delivery {
     ///
     /// Dropping the future before the ack is sent gives the item back as dropping the
     /// delivery does; after, the item may or may not be acknowledged.
-    pub async fn ack(mut self) -> Result<(), RemoteError> {
+    async fn ack(mut self) -> Result<(), RemoteError> {
         let id = self.id;
         let seq = self
             .client
@@ -1548,7 +1837,7 @@ impl Delivery {
     /// # Cancel safety
     ///
     /// Dropping the future may or may not leave the lease extended.
-    pub async fn keep_alive(&self) -> Result<(), RemoteError> {
+    async fn keep_alive(&self) -> Result<(), RemoteError> {
         let id = self.id;
         let seq = self
             .client
@@ -1558,7 +1847,7 @@ impl Delivery {
     }
 }
 
-impl Drop for Delivery {
+impl Drop for ServerDelivery {
     fn drop(&mut self) {
         if self.settled {
             return;

@@ -126,6 +126,11 @@ pub enum RemoteError {
     /// Connecting failed (name resolution, TCP or Unix connect, TLS handshake).
     #[error("connect failed: {0}")]
     Io(#[from] io::Error),
+    /// JetStream (feature `nats`) refused a request for a reason that has no code here;
+    /// its description (for example a permissions violation, or a stream of the queue's
+    /// name that is not a procq queue).
+    #[error("jetstream: {0}")]
+    JetStream(String),
 }
 
 impl From<Refusal> for RemoteError {
