@@ -51,8 +51,9 @@
 //!   is left ([`Sender::closed`]).
 //!
 //! Inside a process, [`Sender::send`] encodes the item (postcard) and appends it to a
-//! byte-bounded buffer; a flush task packs buffered items into datagrams of up to 64 KiB.
-//! A larger item travels alone in a datagram of up to 256 KiB, and beyond that out of line
+//! byte-bounded buffer; a flush task packs buffered items into datagrams of up to 256 KiB
+//! ([`Options::datagram_bytes`]). An item larger than the configured datagram travels
+//! alone in a datagram of up to 256 KiB, and beyond that out of line
 //! in a sealed memfd, which the receiver maps (see [`SharedBytes`] for taking its bytes
 //! without a copy). See the README's
 //! guarantees table for delivery, ordering and failure behaviour.

@@ -35,7 +35,7 @@ impl Default for Options {
         Options {
             buffer_bytes: 2 * 1024 * 1024,
             batch_items: usize::MAX,
-            datagram_bytes: 64 * 1024,
+            datagram_bytes: MAX_DATAGRAM_BYTES,
             max_item_bytes: 4 * 1024 * 1024 * 1024,
             direct: false,
         }
@@ -43,7 +43,7 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The defaults: a 2 MiB in-process buffer, datagrams of up to 64 KiB holding as many
+    /// The defaults: a 2 MiB in-process buffer, datagrams of up to 256 KiB holding as many
     /// items as fit, items of up to 4 GiB, buffered sends.
     pub fn new() -> Self {
         Self::default()
@@ -69,10 +69,12 @@ impl Options {
         self
     }
 
-    /// The largest datagram a batch of items fills, clamped to 4 KiB ..= 256 KiB. An item
-    /// whose encoding does not fit travels alone, inline in a datagram of its own if it
-    /// fits 256 KiB (the most any receiver reads; a datagram is that much cheaper than a
-    /// memfd), else out of line, in a sealed memfd. Default 64 KiB.
+    /// The largest datagram a batch of items fills, clamped to 4 KiB ..= 256 KiB and to what
+    /// the socket's send buffer takes. An item whose encoding does not fit travels alone,
+    /// inline in a datagram of its own if it fits 256 KiB (the most any receiver reads; a
+    /// datagram is that much cheaper than a memfd), else out of line, in a sealed memfd.
+    /// Smaller datagrams spread a stream over several receiving processes in smaller
+    /// batches, at one system call and wake-up per datagram. Default 256 KiB.
     pub fn datagram_bytes(mut self, bytes: usize) -> Self {
         self.datagram_bytes = bytes.clamp(MIN_DATAGRAM_BYTES, MAX_DATAGRAM_BYTES);
         self
