@@ -358,8 +358,9 @@ async fn items_up_to_64_mib_arrive_intact_in_another_process() {
     send_sizes(&[1024, 60 * 1024, 1024 * 1024, 64 * 1024 * 1024, 10]).await;
 }
 
+/// Runs in the ordinary suite (about 8 s, 2–3 GiB of memory at its peak): the 4 GiB default
+/// item limit is only a promise if items this large are seen to arrive.
 #[tokio::test]
-#[ignore = "moves 1 GiB; run with --ignored"]
 async fn a_one_gib_item_arrives_intact_in_another_process() {
     send_sizes(&[1024 * 1024 * 1024]).await;
 }
