@@ -123,6 +123,7 @@ async fn play(role: &str) {
 }
 
 /// A report from a child, with when it arrived.
+#[derive(Clone)]
 struct Heard {
     who: &'static str,
     line: String,
@@ -157,6 +158,9 @@ struct Run {
     confirmed: u64,
     refed: Option<u64>,
     last_got: Option<Instant>,
+    /// Every report read so far: a question about the past (`first_after`) must not
+    /// depend on which other question read a report first.
+    history: Vec<Heard>,
 }
 
 impl Run {
@@ -190,6 +194,7 @@ impl Run {
             confirmed: 0,
             refed: None,
             last_got: None,
+            history: Vec::new(),
         }
     }
 
@@ -209,6 +214,7 @@ impl Run {
         } else {
             self.last_got = Some(heard.at);
         }
+        self.history.push(heard.clone());
         heard
     }
 
@@ -229,18 +235,20 @@ impl Run {
         since: Instant,
         within: Duration,
     ) -> Option<Duration> {
+        let wanted = |h: &Heard| h.who == who && h.at >= since && !h.line.starts_with("done");
+        if let Some(h) = self.history.iter().find(|h| wanted(h)) {
+            return Some(h.at - since);
+        }
         let deadline = Instant::now() + within;
-        loop {
+        while self.refed.is_none() {
             let heard = self
                 .next(deadline.saturating_duration_since(Instant::now()))
                 .await;
-            if heard.who == who && heard.at >= since && !heard.line.starts_with("done") {
+            if wanted(&heard) {
                 return Some(heard.at - since);
             }
-            if self.refed.is_some() {
-                return None;
-            }
         }
+        None
     }
 
     /// Waits for the producer to finish, then for the queue to empty; stops the
@@ -355,11 +363,14 @@ async fn killing_the_stream_leader_loses_no_acknowledged_put() {
     let (duplicates, refed) = run.finish(&urls).await;
     eprintln!(
         "leader kill: {n} jobs, R3, stream leader {leader} killed at {at} confirmed; new \
-         stream leader after {elected:.1?}; the producer confirmed a round {produced:.1?} after \
-         the kill, the consumers finished 1,000 jobs {consumed:.1?} after the election; \
-         {duplicates} jobs processed twice (redelivered), {refed} puts fed again after a \
-         flush called them in doubt; the restarted ex-leader was current {catch_up:.1?} \
-         after it was started"
+         stream leader after {}; the producer confirmed a round {} after the kill, the \
+         consumers finished 1,000 jobs {} after the election; {duplicates} jobs processed \
+         twice (redelivered), {refed} puts fed again after a flush called them in doubt; the \
+         restarted ex-leader was current {} after it was started",
+        shown(elected),
+        shown(produced),
+        shown(consumed),
+        shown(catch_up),
     );
     assert!(
         elected.is_some(),
@@ -414,12 +425,19 @@ async fn a_partitioned_node_catches_up_and_nothing_acknowledged_is_lost() {
     netns.restore();
     let catch_up = caught_up(&majority, "n3", Duration::from_secs(90)).await;
     let (duplicates, refed) = run.finish(&majority).await;
+    let election = match (&leader, new_leader) {
+        (Some(l), _) if l != "n3" => format!("{l} stayed the stream leader"),
+        (_, elected) => format!("a new stream leader after {}", shown(elected)),
+    };
     eprintln!(
-        "partition: {n} jobs, R3, stream leader before the cut {leader:?}; n3 cut off for \
-         {cut_for:?} at {at} confirmed; the majority confirmed a round {went_on:.1?} after \
-         the cut (a new leader after {new_leader:.1?}) and {confirmed_at_restore} jobs by the \
-         restore; n3 current {catch_up:.1?} after the link was restored; {duplicates} jobs \
-         processed twice (redelivered), {refed} puts fed again"
+        "partition: {n} jobs, R3, stream leader before the cut {}; n3 cut off for \
+         {cut_for:?} at {at} confirmed; the majority confirmed a round {} after the cut \
+         ({election}) and {confirmed_at_restore} jobs by the restore; n3 current {} after \
+         the link was restored; {duplicates} jobs processed twice (redelivered), {refed} \
+         puts fed again",
+        leader.as_deref().unwrap_or("unknown"),
+        shown(went_on),
+        shown(catch_up),
     );
     assert!(went_on.is_some(), "the majority did not go on");
     assert!(
@@ -433,4 +451,12 @@ async fn a_partitioned_node_catches_up_and_nothing_acknowledged_is_lost() {
     );
     drop(cluster);
     assert!(!Netns::exists(&ns_name), "network namespace left behind");
+}
+
+/// A measured time for the report, or "never" when the event did not happen in time.
+fn shown(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "never".to_string(),
+        |d| format!("{:.1} s", d.as_secs_f64()),
+    )
 }
