@@ -74,7 +74,8 @@ impl Options {
     /// inline in a datagram of its own if it fits 256 KiB (the most any receiver reads; a
     /// datagram is that much cheaper than a memfd), else out of line, in a sealed memfd.
     /// Smaller datagrams spread a stream over several receiving processes in smaller
-    /// batches, at one system call and wake-up per datagram. Default 256 KiB.
+    /// batches (and a receiving process killed with a batch unread loses at most that
+    /// much), at one system call and wake-up per datagram. Default 256 KiB.
     pub fn datagram_bytes(mut self, bytes: usize) -> Self {
         self.datagram_bytes = bytes.clamp(MIN_DATAGRAM_BYTES, MAX_DATAGRAM_BYTES);
         self
