@@ -461,7 +461,9 @@ impl Shared {
 /// One connection: the handle side.
 struct Client {
     shared: Arc<Shared>,
-    requests: mpsc::Sender<Request>,
+    /// Unbounded: what it carries is bounded by the put window, the deliveries held and
+    /// the callers waiting for replies.
+    requests: mpsc::UnboundedSender<Request>,
     /// Stops the writer: it writes what is queued and closes its side.
     stop: CancellationToken,
     options: ClientOptions,
@@ -483,7 +485,7 @@ impl Client {
             changed: Notify::new(),
             arrived: Notify::new(),
         });
-        let (requests, outgoing) = mpsc::channel(1024);
+        let (requests, outgoing) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         // Merged puts and acks stay within the server's frame limit.
         let merge_limit = (opened.max_item as usize + ENVELOPE).min(256 * 1024) - ENVELOPE;
@@ -547,15 +549,17 @@ impl Client {
         &self,
         make: impl FnOnce(&mut State) -> (Request, R),
     ) -> Result<R, RemoteError> {
-        let permit = self.requests.reserve().await.map_err(|_| {
-            Self::gone(&self.shared.lock()).unwrap_or(RemoteError::Disconnected(Disconnect::Closed))
-        })?;
         let mut st = self.shared.lock();
         if let Some(e) = Self::gone(&st) {
             return Err(e);
         }
+        if self.requests.is_closed() {
+            return Err(RemoteError::Disconnected(Disconnect::Closed));
+        }
         let (request, out) = make(&mut st);
-        permit.send(request);
+        // Sent under the lock: requests reach the writer in the order they were numbered.
+        // (Closed in between only if the connection just ended; its end is reported.)
+        let _ = self.requests.send(request);
         Ok(out)
     }
 
@@ -719,14 +723,12 @@ impl Client {
         if need(&self.shared.lock()).is_none() {
             return Ok(());
         }
-        let permit = match self.requests.reserve().await {
-            Ok(permit) => permit,
-            Err(_) => return Ok(()), // the get reports the end
-        };
         let mut st = self.shared.lock();
         if let Some(n) = need(&st) {
-            st.credit_out += n;
-            permit.send(Request::Credit { n: n as u32 });
+            // If the connection is gone the get reports the end.
+            if self.requests.send(Request::Credit { n: n as u32 }).is_ok() {
+                st.credit_out += n;
+            }
         }
         Ok(())
     }
@@ -892,12 +894,11 @@ impl Drop for Withdraw<'_> {
         st.put_waiters.remove(&self.seq);
         st.put_refused.remove(&self.seq);
         if st.puts_done < self.seq && st.broken.is_none() {
-            // Best effort: if the request channel is full the put stays and is held
-            // once there is room, as a put that completed.
+            // If the connection ends first the put's fate is reported as in doubt.
             let _ = self
                 .client
                 .requests
-                .try_send(Request::Withdraw { seq: self.seq });
+                .send(Request::Withdraw { seq: self.seq });
         }
     }
 }
@@ -1365,11 +1366,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
                 // Undecodable for every consumer of this type: take it off the queue and
                 // hand its bytes to the caller.
                 let mut st = client.shared.lock();
-                if client
-                    .requests
-                    .try_send(Request::Ack { delivery: id })
-                    .is_ok()
-                {
+                if client.requests.send(Request::Ack { delivery: id }).is_ok() {
                     st.settles_sent += 1;
                 }
                 Err(RemoteError::Decode { error, item: bytes })
@@ -1498,7 +1495,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
                 let n = prefetch - st.credit_out;
                 if client
                     .requests
-                    .try_send(Request::Credit { n: n as u32 })
+                    .send(Request::Credit { n: n as u32 })
                     .is_ok()
                 {
                     st.credit_out += n;
@@ -1519,15 +1516,11 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
                     }));
             }
         };
-        // Ack in order with the other settles; if the channel is full the lease returns
-        // the item, and flush counts the ack as failed.
+        // Ack in order with the other settles; if the connection is gone the item goes
+        // back to the queue with it, and flush counts the ack as failed.
         st.settles_sent += 1;
         let seq = st.settles_sent;
-        if client
-            .requests
-            .try_send(Request::Ack { delivery: id })
-            .is_ok()
-        {
+        if client.requests.send(Request::Ack { delivery: id }).is_ok() {
             st.auto_acks.push_back(seq);
         } else {
             st.settles_sent -= 1;
@@ -1692,7 +1685,7 @@ impl Drop for CancelJoin<'_> {
             let _ = self
                 .client
                 .requests
-                .try_send(Request::CancelJoin { req: self.req });
+                .send(Request::CancelJoin { req: self.req });
         }
     }
 }
@@ -1856,12 +1849,12 @@ impl Drop for ServerDelivery {
         if st.broken.is_some() {
             return;
         }
-        // In order with the other settles; if the request channel is full, the lease
-        // returns the item instead.
+        // In order with the other settles; if the connection is gone, the item goes back
+        // to the queue with it.
         if self
             .client
             .requests
-            .try_send(Request::Release { delivery: self.id })
+            .send(Request::Release { delivery: self.id })
             .is_ok()
         {
             st.settles_sent += 1;
