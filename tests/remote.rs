@@ -155,6 +155,29 @@ async fn bad_config_values_are_rejected_at_construction() {
     assert!(matches!(err, RemoteError::InvalidOptions(_)), "{err}");
 }
 
+/// A loop of feeds that never has to wait (well within the put window) still lets the
+/// other tasks of a current-thread runtime run: sending counts against tokio's cooperative
+/// budget, as waiting on a bounded channel did.
+#[tokio::test]
+async fn a_busy_feed_loop_lets_other_tasks_run() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_server, addr) = start_server(ServerConfig::new(KEY), 0).await;
+    let q = RemoteQueue::<u64>::connect(&addr, "jobs", KEY)
+        .await
+        .unwrap();
+    let ran = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+    for i in 0..1000 {
+        q.feed(i).await.unwrap();
+    }
+    assert!(
+        ran.load(Ordering::SeqCst),
+        "1,000 feeds never let another task run"
+    );
+    q.close().await.unwrap();
+}
+
 /// Several tasks share clones of one handle: every item reaches exactly one of them, on
 /// both runtime flavors, and all see the end.
 async fn many_tasks_share_one_handle() {

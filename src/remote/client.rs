@@ -549,6 +549,10 @@ impl Client {
         &self,
         make: impl FnOnce(&mut State) -> (Request, R),
     ) -> Result<R, RemoteError> {
+        // Sending never waits for the channel, so count against the task's cooperative
+        // budget as a bounded channel did: a loop of puts or gets still lets other tasks
+        // (the writer among them) run.
+        tokio::task::coop::consume_budget().await;
         let mut st = self.shared.lock();
         if let Some(e) = Self::gone(&st) {
             return Err(e);
