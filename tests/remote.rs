@@ -168,12 +168,14 @@ async fn a_busy_feed_loop_lets_other_tasks_run() {
     let ran = std::sync::Arc::new(AtomicBool::new(false));
     let flag = ran.clone();
     tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
-    for i in 0..1000 {
+    // 3,000 feeds: within the put window (4,096), and well past tokio's budget of 128
+    // units at one unit per 8 requests.
+    for i in 0..3000 {
         q.feed(i).await.unwrap();
     }
     assert!(
         ran.load(Ordering::SeqCst),
-        "1,000 feeds never let another task run"
+        "3,000 feeds never let another task run"
     );
     q.close().await.unwrap();
 }

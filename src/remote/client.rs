@@ -464,6 +464,8 @@ struct Client {
     /// Unbounded: what it carries is bounded by the put window, the deliveries held and
     /// the callers waiting for replies.
     requests: mpsc::UnboundedSender<Request>,
+    /// Requests sent, for charging them to tokio's cooperative budget.
+    sent: std::sync::atomic::AtomicU32,
     /// Stops the writer: it writes what is queued and closes its side.
     stop: CancellationToken,
     options: ClientOptions,
@@ -524,6 +526,7 @@ impl Client {
         Client {
             shared,
             requests,
+            sent: std::sync::atomic::AtomicU32::new(0),
             stop,
             options,
             addr: addr.to_string(),
@@ -549,10 +552,13 @@ impl Client {
         &self,
         make: impl FnOnce(&mut State) -> (Request, R),
     ) -> Result<R, RemoteError> {
-        // Sending never waits for the channel, so count against the task's cooperative
-        // budget as a bounded channel did: a loop of puts or gets still lets other tasks
-        // (the writer among them) run.
-        tokio::task::coop::consume_budget().await;
+        // Sending never waits for the channel, so it counts against the task's cooperative
+        // budget: a loop of puts or gets still lets other tasks (the writer among them)
+        // run. One unit per 8 requests: at one unit each, the writer woke every 128
+        // requests and the remote bench lost 7% (17% over TLS) to the smaller writes.
+        if self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8 == 0 {
+            tokio::task::coop::consume_budget().await;
+        }
         let mut st = self.shared.lock();
         if let Some(e) = Self::gone(&st) {
             return Err(e);
