@@ -556,7 +556,11 @@ impl Client {
         // budget: a loop of puts or gets still lets other tasks (the writer among them)
         // run. One unit per 8 requests: at one unit each, the writer woke every 128
         // requests and the remote bench lost 7% (17% over TLS) to the smaller writes.
-        if self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8 == 0 {
+        if self
+            .sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(8)
+        {
             tokio::task::coop::consume_budget().await;
         }
         let mut st = self.shared.lock();
