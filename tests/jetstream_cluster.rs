@@ -200,9 +200,16 @@ impl Run {
 
     /// The next report; fails the test after `within`.
     async fn next(&mut self, within: Duration) -> Heard {
-        let heard = tokio::time::timeout(within, self.heard.recv())
+        self.try_next(within)
             .await
             .expect("no report from the producer or the consumers in time")
+    }
+
+    /// The next report, or `None` after `within`.
+    async fn try_next(&mut self, within: Duration) -> Option<Heard> {
+        let heard = tokio::time::timeout(within, self.heard.recv())
+            .await
+            .ok()?
             .expect("children gone");
         if heard.who == "producer" {
             if let Some(n) = heard.line.strip_prefix("confirmed ") {
@@ -215,7 +222,7 @@ impl Run {
             self.last_got = Some(heard.at);
         }
         self.history.push(heard.clone());
-        heard
+        Some(heard)
     }
 
     /// Waits until the producer has confirmed at least `n` jobs.
@@ -228,7 +235,9 @@ impl Run {
     }
 
     /// The first report of `who` made at or after `since` (the producer's: a confirmed
-    /// round), as a time after `since`; `None` if the producer finished first.
+    /// round), as a time after `since`; `None` if none came within `within`. (The
+    /// producer may finish first: consumers that reconnect after an election can resume
+    /// later than it.)
     async fn first_after(
         &mut self,
         who: &str,
@@ -240,10 +249,10 @@ impl Run {
             return Some(h.at - since);
         }
         let deadline = Instant::now() + within;
-        while self.refed.is_none() {
-            let heard = self
-                .next(deadline.saturating_duration_since(Instant::now()))
-                .await;
+        while let Some(heard) = self
+            .try_next(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
             if wanted(&heard) {
                 return Some(heard.at - since);
             }
