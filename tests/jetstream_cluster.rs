@@ -15,6 +15,7 @@ use common::{child_command, report, run_child, Kid};
 use nats_common::*;
 use procq::remote::jetstream::{self, QueueConfig};
 use procq::remote::ClientOptions;
+use procq::RemoteError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -334,19 +335,29 @@ async fn caught_up(urls: &str, node: &str, within: Duration) -> Option<Duration>
     None
 }
 
+/// Declares the test's queue with 3 replicas. A metadata leader can be elected before it
+/// counts all three servers as peers; placement then fails with "no suitable peers" (code
+/// 10005) until they are: retried until then, within a bound.
+async fn declare_work(urls: &str) {
+    let config = QueueConfig::new().replicas(3).lease(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match jetstream::declare(&options(), urls, "work", &config).await {
+            Ok(_) => return,
+            Err(RemoteError::JetStream(e)) if e.contains("10005") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("declaring the queue: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_stream_leader_loses_no_acknowledged_put() {
     let n = 60_000;
     let mut cluster = Cluster::start(None);
     let urls = cluster.urls();
-    jetstream::declare(
-        &options(),
-        &urls,
-        "work",
-        &QueueConfig::new().replicas(3).lease(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
+    declare_work(&urls).await;
     let leader = leader_of(&urls).await.expect("a stream leader");
     let mut run = Run::start(cluster.dir(), (n, 50), &urls, [&urls, &urls]);
     run.until_confirmed(n / 4, FINISH_BOUND).await;
@@ -401,14 +412,7 @@ async fn a_partitioned_node_catches_up_and_nothing_acknowledged_is_lost() {
     let ns_name = netns.name.clone();
     let cluster = Cluster::start(Some(netns));
     let urls = cluster.urls();
-    jetstream::declare(
-        &options(),
-        &urls,
-        "work",
-        &QueueConfig::new().replicas(3).lease(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
+    declare_work(&urls).await;
     let leader = leader_of(&urls).await;
     let majority = format!("{},{}", cluster.node("n1").url(), cluster.node("n2").url());
     let n3 = cluster.node("n3").url();
