@@ -26,20 +26,15 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-const ROLE: &str = "PROCQ_BENCH_ROLE";
+mod common;
+use common::{env_number, runs, say, ROLE};
+
 const KEY: &[u8] = b"procq-bench";
 /// Payload bytes so that the postcard encoding (2-byte length varint + bytes) is 512 B.
 const PAYLOAD: usize = 510;
 
 #[derive(Serialize, Deserialize, Clone)]
 struct Item(#[serde(with = "serde_bytes")] Vec<u8>);
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -50,13 +45,6 @@ fn main() {
         Ok(role) => rt.block_on(child(&role)),
         Err(_) => rt.block_on(parent()),
     }
-}
-
-fn say(line: impl std::fmt::Display) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
 }
 
 fn options() -> ClientOptions {
@@ -200,18 +188,7 @@ async fn on_jetstream(url: &str, replicas: usize, n: usize, pack: usize, prefetc
 }
 
 async fn python_manager_rate(n: usize) -> f64 {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mp_manager.py");
-    let out = Command::new("python3")
-        .args([script, &n.to_string()])
-        .output()
-        .await
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    common::python("mp_manager.py", &[n.to_string()]).await
 }
 
 async fn best<F, Fut>(runs: usize, mut f: F) -> Rate
@@ -234,8 +211,8 @@ where
 
 async fn parent() {
     nats_common::require_nats_server();
-    let n = env_or("PROCQ_BENCH_JS_ITEMS", 100_000);
-    let runs = env_or("PROCQ_BENCH_RUNS", 3);
+    let n = env_number("PROCQ_BENCH_JS_ITEMS").unwrap_or(100_000);
+    let runs = runs();
     let python = std::env::var("PROCQ_BENCH_PYTHON").map_or(true, |v| v != "0");
     eprintln!("procq JetStream benchmark: {n} items of 512 B, best of {runs}");
 

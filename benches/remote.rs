@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 mod common;
-use common::{best, say, ROLE};
+use common::{best, env_number, runs, say, ROLE};
 
 const KEY: &[u8] = b"procq-bench";
 /// Payload bytes so that the postcard encoding (2-byte length varint + bytes) is 512 B.
@@ -34,13 +34,6 @@ const PAYLOAD: usize = 510;
 
 #[derive(Serialize, Deserialize, Clone)]
 struct Item(#[serde(with = "serde_bytes")] Vec<u8>);
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     // Every process on a current-thread runtime, except the server of the row that runs
@@ -214,8 +207,8 @@ async fn python_manager_rate(n: usize) -> f64 {
 }
 
 async fn parent() {
-    let n = env_or("PROCQ_BENCH_REMOTE_ITEMS", 300_000);
-    let runs = env_or("PROCQ_BENCH_RUNS", 3);
+    let n = env_number("PROCQ_BENCH_REMOTE_ITEMS").unwrap_or(300_000);
+    let runs = runs();
     let python = std::env::var("PROCQ_BENCH_PYTHON").map_or(true, |v| v != "0");
     eprintln!("procq remote benchmark: {n} items of 512 B, best of {runs}");
     let tls = Tls::make();
