@@ -34,15 +34,22 @@ const SIZES: [usize; 6] = [64, 512, 4 * KIB, 64 * KIB, MIB, 64 * MIB];
 /// The largest frame the tokio receiver accepts: room for the largest item.
 const MAX_FRAME: usize = 65 * MIB;
 
-/// How many items a row moves: about 1 GiB, at least 16 and at most 1,000,000 (Python
-/// moves a fifth of that, at least 8: it is that much slower), scaled by
+/// How many items a row moves: about 1 GiB, at least 48 and at most 1,000,000 (Python
+/// moves a fifth of that, at least 16: it is that much slower), scaled by
 /// `PROCQ_BENCH_SCALE`.
+///
+/// The floors are for the 64 MiB row, which would otherwise move 16 items (3 for Python):
+/// there the first items of a run still pay for memory the machine has not handed out
+/// lately (on this VM a page freed for a while goes back to the host and faults in again),
+/// and the last item's receive runs after the sender is done. At 16 items procq's rows
+/// read about 8% lower than at 48; at 48 a row runs for more than a second and shows the
+/// steady state, Python's too.
 fn count(size: usize, python: bool) -> usize {
     let n = (1usize << 30) / size;
     let (n, floor) = if python {
-        ((n / 5).min(200_000), 8)
+        ((n / 5).min(200_000), 16)
     } else {
-        (n.min(1_000_000), 16)
+        (n.min(1_000_000), 48)
     };
     let scale = env_number("PROCQ_BENCH_SCALE").unwrap_or(100);
     (n * scale / 100).max(floor)
