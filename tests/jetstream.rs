@@ -570,3 +570,64 @@ async fn tasks_of_one_handle_share_its_items() {
     assert_eq!(all, (0..n).collect::<Vec<_>>());
     q.close().await.unwrap();
 }
+
+/// A user the NATS server does not permit to publish on the queue's subject (users and
+/// passwords in the URLs): the put is refused as `NotAllowed` as soon as the server says
+/// so (not a timeout, not "in doubt") and the item comes back; a fed item is refused by
+/// the flush. Getting stays allowed.
+#[tokio::test]
+async fn a_put_the_server_does_not_permit_is_refused_as_not_allowed() {
+    let conf = TempDir::new("nats-permissions");
+    let path = conf.0.join("permissions.conf");
+    std::fs::write(
+        &path,
+        r#"authorization {
+  users = [
+    { user: admin, password: adminpw }
+    { user: reader, password: readerpw, permissions: { publish: { deny: ["procq.jobs"] } } }
+  ]
+}
+"#,
+    )
+    .unwrap();
+    let server = Single::start_with(&["-c", path.to_str().unwrap()]);
+    let as_user = |user: &str, pw: &str| {
+        let url = server.url();
+        url.replace("nats://", &format!("nats://{user}:{pw}@"))
+    };
+    let admin = as_user("admin", "adminpw");
+    let reader = as_user("reader", "readerpw");
+    let options = ClientOptions::new("unused").request_timeout(Duration::from_secs(2));
+    jetstream::declare(&options, &admin, "jobs", &QueueConfig::new())
+        .await
+        .unwrap();
+    let producer = options.connect::<u8>(&admin, "jobs").await.unwrap();
+    producer.put(1).await.unwrap();
+    let wrong = options
+        .connect::<u8>(&as_user("reader", "guess"), "jobs")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(wrong, RemoteError::Auth(procq::AuthError::Rejected)),
+        "{wrong}"
+    );
+    let q = options.connect::<u8>(&reader, "jobs").await.unwrap();
+    let started = Instant::now();
+    let refused = q.put(2).await.unwrap_err();
+    println!("refused after {:?}: {refused}", started.elapsed());
+    assert!(
+        matches!(refused.error(), RemoteError::Refused(Refusal::NotAllowed)),
+        "{refused}"
+    );
+    assert!(!refused.error().put_in_doubt(), "{refused}");
+    assert_eq!(refused.into_inner(), 2, "the item comes back");
+    // A fed item: refused by the flush, not in doubt.
+    q.feed(3).await.unwrap();
+    let flushed = q.flush().await.unwrap_err();
+    assert_eq!(flushed.refused(), &[(3, Refusal::NotAllowed)], "{flushed}");
+    assert!(flushed.in_doubt().is_empty(), "{flushed}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), 1);
+    q.close().await.unwrap();
+    producer.close().await.unwrap();
+}

@@ -106,7 +106,8 @@ pub enum Refusal {
     #[error("client frame limit below the server's")]
     FrameLimit,
     /// The request is not allowed on this connection (a put or get before a queue is
-    /// open, a second hello).
+    /// open, a second hello; over JetStream, a publish the NATS server does not permit
+    /// this user).
     #[error("request not allowed on this connection")]
     NotAllowed,
 }

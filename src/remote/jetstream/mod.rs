@@ -41,7 +41,8 @@
 //! | `get` | the same with a plain ack (no confirmation; `flush` and `close` write it and count the failures seen) |
 //! | `len` | the consumer's `num_pending`: messages stored and never delivered (see below) |
 //! | `task_done` / `join` | an item's task is done when its message is acknowledged (work-queue retention then removes it); `join` waits until the stream holds no message |
-//! | the key | the NATS token, sent unless the URL carries credentials (`nats://user:password@host`); a server without authentication ignores it |
+//! | the key | the NATS token, sent unless the URLs carry a user and password (`nats://user:password@host`, percent-escapes decoded; every URL that carries them must carry the same), which are sent instead; a server without authentication ignores it |
+//! | a user's permissions | a publish the server refuses this user (its `publish` permissions deny the queue's subject) fails [`Refusal::NotAllowed`](crate::remote::Refusal::NotAllowed), never in doubt: `put` as soon as the server reports the violation, a fed item at its publish's ack timeout |
 //! | TLS ([`ClientOptions::tls`](crate::remote::ClientOptions::tls)) | the NATS connection's TLS with that rustls configuration (the certificate is checked against the URL's host, not the name given there) |
 //!
 //! # Packs: how fed items travel
@@ -124,6 +125,7 @@ mod errors;
 mod pack;
 pub(crate) mod queue;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy};
@@ -160,11 +162,132 @@ pub(crate) fn is_nats(addr: &str) -> bool {
     addr.starts_with("nats://") || addr.starts_with("tls://")
 }
 
+/// The user and password the URLs carry (`nats://user:password@host`, percent-decoded),
+/// if any; URLs that carry different ones are refused.
+fn url_credentials(urls: &[String]) -> Result<Option<(String, String)>, RemoteError> {
+    let mut found: Option<(String, String)> = None;
+    for url in urls {
+        let addr: async_nats::ServerAddr = url
+            .parse()
+            .map_err(|_| RemoteError::InvalidOptions("the NATS URL does not parse"))?;
+        if !addr.has_user_pass() {
+            continue;
+        }
+        let pair = (
+            percent_decoded(addr.username().unwrap_or_default())?,
+            percent_decoded(addr.password().unwrap_or_default())?,
+        );
+        match &found {
+            Some(earlier) if *earlier != pair => {
+                return Err(RemoteError::InvalidOptions(
+                    "the NATS URLs carry different credentials",
+                ))
+            }
+            _ => found = Some(pair),
+        }
+    }
+    Ok(found)
+}
+
+/// `%XX` escapes of a URL's user or password decoded.
+fn percent_decoded(text: &str) -> Result<String, RemoteError> {
+    let invalid = || RemoteError::InvalidOptions("the NATS URL's credentials are not valid UTF-8");
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| invalid())
+}
+
 /// Connects a NATS client as the options say, by `deadline`.
 pub(crate) async fn nats_connect(
     options: &ClientOptions,
     addr: &str,
     deadline: Instant,
+) -> Result<async_nats::Client, RemoteError> {
+    nats_connect_watching(options, addr, deadline, Arc::default()).await
+}
+
+/// What a NATS server refused a connection to publish, as it said so: the server drops
+/// such a message and answers nothing, so a JetStream publish to a denied subject only
+/// times out, and this is how it is told apart from a lost ack.
+#[derive(Default)]
+pub(crate) struct Denials {
+    /// When, on which subject, and what the server said.
+    kept: std::sync::Mutex<Vec<(Instant, String, String)>>,
+    /// Notified at each denial.
+    noted: tokio::sync::Notify,
+}
+
+impl Denials {
+    /// The most recent denials kept (a server repeats them for every message).
+    const KEPT: usize = 16;
+
+    /// Notes a server error if it is a publish permission violation.
+    fn note(&self, error: &str) {
+        const SAYS: &str = "permissions violation for publish to ";
+        let lower = error.to_ascii_lowercase();
+        let Some(at) = lower.find(SAYS) else { return };
+        let subject = error[at + SAYS.len()..]
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'');
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|(_, s, _)| s != subject);
+        if kept.len() == Self::KEPT {
+            kept.remove(0);
+        }
+        kept.push((Instant::now(), subject.to_string(), error.to_string()));
+        drop(kept);
+        self.noted.notify_waiters();
+    }
+
+    /// Returns once the server refuses this connection to publish to `subject` (at
+    /// `since` or later).
+    pub(crate) async fn wait_publish_denied(&self, subject: &str, since: Instant) {
+        loop {
+            let noted = self.noted.notified();
+            tokio::pin!(noted);
+            noted.as_mut().enable();
+            if self.publish_denied(subject, since).is_some() {
+                return;
+            }
+            noted.await;
+        }
+    }
+
+    /// The server's words if it refused to let this connection publish to `subject`
+    /// at `since` or later.
+    pub(crate) fn publish_denied(&self, subject: &str, since: Instant) -> Option<String> {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .rev()
+            .find(|(at, s, _)| s == subject && *at >= since)
+            .map(|(_, _, said)| said.clone())
+    }
+}
+
+/// [`nats_connect`], noting in `denials` what the server refuses to let it publish.
+pub(crate) async fn nats_connect_watching(
+    options: &ClientOptions,
+    addr: &str,
+    deadline: Instant,
+    denials: Arc<Denials>,
 ) -> Result<async_nats::Client, RemoteError> {
     let urls: Vec<String> = addr
         .split(',')
@@ -183,11 +306,18 @@ pub(crate) async fn nats_connect(
         .ping_interval(queue::PING_INTERVAL)
         .connection_timeout(remaining.max(Duration::from_millis(1)))
         .request_timeout(Some(options.request_timeout))
-        .event_callback(|event| async move {
-            tracing::info!("procq: NATS connection: {event}");
+        .event_callback(move |event| {
+            if let async_nats::Event::ServerError(async_nats::ServerError::Other(said)) = &event {
+                denials.note(said);
+            }
+            async move {
+                tracing::info!("procq: NATS connection: {event}");
+            }
         });
-    if !urls.iter().any(|u| u.contains('@')) {
-        nats = nats.token(String::from_utf8_lossy(&options.key).into_owned());
+    // async-nats parses `user:password@` in a URL but never sends it: pass it on here.
+    match url_credentials(&urls)? {
+        Some((user, password)) => nats = nats.user_and_password(user, password),
+        None => nats = nats.token(String::from_utf8_lossy(&options.key).into_owned()),
     }
     if let Some((config, _)) = &options.tls {
         nats = nats.tls_client_config((**config).clone()).require_tls(true);
@@ -538,4 +668,30 @@ pub async fn info(
     let answer = asked.await;
     let _ = client.drain().await;
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(urls: &[&str]) -> Result<Option<(String, String)>, RemoteError> {
+        url_credentials(&urls.iter().map(|u| u.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn credentials_come_from_the_urls_decoded_and_must_agree() {
+        assert_eq!(creds(&["nats://127.0.0.1:4222"]).unwrap(), None);
+        assert_eq!(
+            creds(&["nats://a:4222", "nats://w%40rk:p%25ss%3A@b:4222"]).unwrap(),
+            Some(("w@rk".into(), "p%ss:".into()))
+        );
+        assert!(matches!(
+            creds(&["nats://u:one@a:4222", "nats://u:two@b:4222"]),
+            Err(RemoteError::InvalidOptions(_))
+        ));
+        assert!(matches!(
+            creds(&["nats://u:%ff@a:4222"]),
+            Err(RemoteError::InvalidOptions(_))
+        ));
+    }
 }

@@ -120,6 +120,8 @@ pub(crate) struct Inner {
     client: async_nats::Client,
     stream: jetstream::stream::Stream,
     consumer: PullConsumer,
+    /// What the server said it refuses this connection to publish.
+    denials: Arc<super::Denials>,
     pub(crate) options: ClientOptions,
     pub(crate) maxsize: u64,
     pub(crate) max_item: u64,
@@ -191,7 +193,8 @@ impl Queue {
     ) -> Result<Queue, RemoteError> {
         super::check_name(name)?;
         let deadline = Instant::now() + options.connect_timeout;
-        let client = super::nats_connect(options, addr, deadline).await?;
+        let denials = Arc::new(super::Denials::default());
+        let client = super::nats_connect_watching(options, addr, deadline, denials.clone()).await?;
         let api = jetstream::ContextBuilder::new()
             .timeout(options.request_timeout.min(deadline - Instant::now()))
             .build(client.clone());
@@ -256,6 +259,7 @@ impl Queue {
             client,
             stream,
             consumer,
+            denials,
             options: options.clone(),
             maxsize,
             max_item,
@@ -320,12 +324,23 @@ impl Queue {
                     .await?
                     .await
             };
+            // A server that refuses the publish drops it and says so on the connection,
+            // not in an answer: stop waiting for the answer then.
+            let attempt = async {
+                tokio::select! {
+                    outcome = attempt => Some(outcome),
+                    () = inner.denials.wait_publish_denied(&inner.subject, started) => None,
+                }
+            };
             let outcome = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, attempt).await {
                     Ok(outcome) => outcome,
                     Err(_) => return Err(RemoteError::Timeout),
                 },
                 None => attempt.await,
+            };
+            let Some(outcome) = outcome else {
+                return Err(RemoteError::Refused(Refusal::NotAllowed));
             };
             let error = match outcome {
                 Ok(_) => return Ok(()),
@@ -868,6 +883,19 @@ fn resolve(
     };
     let verdict = match outcome {
         Ok(()) => None,
+        Err(_)
+            if inner
+                .denials
+                .publish_denied(&inner.subject, pack.sent_at)
+                .is_some() =>
+        {
+            // The server dropped it (and says why): not stored, whatever the error.
+            let said = inner.denials.publish_denied(&inner.subject, pack.sent_at);
+            Some((
+                Refusal::NotAllowed,
+                said.map(|said| RemoteError::JetStream(format!("nats-server: {said}"))),
+            ))
+        }
         Err(e) => {
             let late = pack.sent_at.elapsed() >= inner.options.request_timeout;
             match errors::classify(&e) {
