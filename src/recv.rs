@@ -217,7 +217,7 @@ impl Inbox {
             let mut guard = match reactor.readable().await {
                 Ok(guard) => guard,
                 // Registered with a runtime that shut down: register with this one.
-                Err(_) if self.socket.renew(reactor) => continue,
+                Err(_) if self.socket.renew(&reactor) => continue,
                 Err(e) => return Err(RecvError::Io(e)),
             };
             match guard.try_io(|_| self.read_datagram()) {
@@ -284,7 +284,7 @@ impl Inbox {
             let reactor = self.socket.reactor()?;
             let mut guard = match reactor.readable().await {
                 Ok(guard) => guard,
-                Err(_) if self.socket.renew(reactor) => continue,
+                Err(_) if self.socket.renew(&reactor) => continue,
                 Err(e) => return Err(e),
             };
             // Readiness is cleared only when the inbox and the socket are both empty,

@@ -311,3 +311,46 @@ fn async_calls_outside_a_runtime_return_errors_instead_of_panicking() {
     assert_eq!(left.items().len(), 1);
     assert!(block_on(tx.send(vec![])).unwrap_err().is_closed());
 }
+
+/// A thread blocked in `blocking_send` because the kernel is full is woken by another
+/// thread's `close` of the sending side, and told `Closed` (buffered and direct senders).
+#[test]
+fn close_from_another_thread_wakes_a_blocked_blocking_send() {
+    for direct in [false, true] {
+        let mut opts = procq::Options::new().buffer_bytes(64 * 1024);
+        if direct {
+            opts = opts.direct();
+        }
+        let (tx, rx) = opts.channel::<Vec<u8>>().unwrap();
+        let big = || vec![1u8; 16 * 1024];
+        // Fill the kernel: a send that has to wait gives up at once.
+        let mut sent = 0;
+        while tx
+            .blocking_send_timeout(big(), Duration::from_millis(1))
+            .is_ok()
+        {
+            sent += 1;
+            assert!(sent < 100_000, "the kernel never filled");
+        }
+        let (started, started_rx) = std::sync::mpsc::channel();
+        let blocked = {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                started.send(common::thread_id()).unwrap();
+                tx.blocking_send_timeout(big(), PATIENCE)
+            })
+        };
+        common::wait_until_asleep(started_rx.recv().unwrap());
+        let since = std::time::Instant::now();
+        tx.close();
+        match blocked.join().unwrap() {
+            Err(SendTimeoutError::Failed(e)) if matches!(e.kind(), SendErrorKind::Closed) => {}
+            other => panic!("direct {direct}: the blocked send: {other:?}"),
+        }
+        assert!(
+            since.elapsed() < PATIENCE / 2,
+            "direct {direct}: woken late"
+        );
+        drop(rx);
+    }
+}

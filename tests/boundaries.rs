@@ -806,6 +806,40 @@ async fn closing_a_pipe_releases_it_even_while_a_task_waits_on_closed() {
     assert!(rx.recv_timeout(PATIENCE).await.unwrap_err().is_closed());
 }
 
+/// A closed sink is retired as dropping it would retire it: every later send through the
+/// handle fails with `Closed` (not only the sink's), and closing the last sender ends the
+/// channel for the receiver, buffered or direct (`stream.forward(sink)` ends with it).
+#[tokio::test]
+async fn a_closed_sink_refuses_every_send_and_the_last_one_ends_the_channel() {
+    for direct in [false, true] {
+        let opts = if direct {
+            procq::Options::new().direct()
+        } else {
+            procq::Options::new()
+        };
+        let (mut tx, rx) = opts.channel::<u32>().unwrap();
+        use futures::StreamExt;
+        let items = futures::stream::iter((0..100).map(Ok));
+        items.forward(&mut tx).await.unwrap(); // sends all, then closes the sink
+        assert!(tx.send(100).await.unwrap_err().is_closed());
+        assert!(tx.try_send(101).unwrap_err().is_closed());
+        assert!(tx.blocking_send(102).unwrap_err().is_closed());
+        assert!(tx.is_closed());
+        for i in 0..100 {
+            assert_eq!(rx.recv_timeout(PATIENCE).await.unwrap(), i);
+        }
+        let end = rx.recv_timeout(PATIENCE).await.unwrap_err();
+        assert!(end.is_closed(), "direct {direct}: {end:?}");
+        // A clone of a retired handle is retired too.
+        let mut clone = tx.clone();
+        assert!(clone.send(103).await.unwrap_err().is_closed());
+        assert!(SinkExt::send(&mut clone, 104)
+            .await
+            .unwrap_err()
+            .is_closed());
+    }
+}
+
 #[tokio::test]
 async fn closing_one_sink_leaves_its_clones_sending() {
     let (tx, rx) = procq::channel::<u32>().unwrap();
@@ -921,4 +955,38 @@ async fn passing_two_handles_under_one_name_is_refused() {
         procq::pass(&mut cmd, "CH", rx),
         Err(procq::Error::InvalidName { .. })
     ));
+}
+
+/// A handle that waits in one runtime after another (each shut down before the next, as
+/// in a program that builds a runtime per phase): every wait in every runtime works, the
+/// twentieth as the first, for receiving, joining and waiting for a queue's slot.
+#[test]
+fn a_handle_waits_in_runtime_after_runtime() {
+    let (tx, rx) = procq::channel::<u32>().unwrap();
+    let jq = procq::JoinableQueue::<u32>::bounded(1).unwrap();
+    jq.blocking_put(0).unwrap(); // one unfinished task, and the queue is full
+    for round in 0..20 {
+        let rt = if round % 2 == 0 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        rt.block_on(async {
+            let short = Duration::from_millis(1);
+            let got = rx.recv_timeout(short).await.unwrap_err();
+            assert!(got.is_timeout(), "round {round}: recv: {got}");
+            let joined = jq.join_timeout(short).await.unwrap_err();
+            assert!(
+                matches!(joined, procq::JoinTimeoutError::Timeout { unfinished: 1 }),
+                "round {round}: join: {joined}"
+            );
+            let put = jq.put_timeout(1, short).await.unwrap_err();
+            assert!(put.is_timeout(), "round {round}: put: {put:?}");
+        });
+    }
+    tx.blocking_send(7).unwrap();
+    assert_eq!(rx.blocking_recv_timeout(PATIENCE).unwrap(), 7);
 }

@@ -86,6 +86,24 @@ async fn play(role: &str) {
                 report(at);
             }
         }
+        // For each round number the parent sends, joins from a plain thread's blocking
+        // call, then reports the round: a blocking joiner beside the parent's async one.
+        "blocking-join-rounds" => {
+            let q = procq::JoinableQueue::<u32>::from_env("Q").unwrap();
+            let rounds = procq::Receiver::<u32>::from_env("ROUNDS").unwrap();
+            std::thread::spawn(move || {
+                while let Ok(round) = rounds.blocking_recv() {
+                    // At its deadline a join returns `Ok` if the tasks are done by then:
+                    // a missed wake-up shows only as the time it took.
+                    let since = Instant::now();
+                    q.blocking_join_timeout(PATIENCE).unwrap();
+                    assert!(since.elapsed() < PATIENCE / 2, "round {round}: woken late");
+                    report(round);
+                }
+            })
+            .join()
+            .unwrap();
+        }
         // Joins the queue from this (child) process and reports when every task is done.
         "joiner" => {
             let q = procq::JoinableQueue::<u32>::from_env("Q").unwrap();
@@ -492,4 +510,115 @@ async fn join_works_from_a_child_process() {
     }
     assert_eq!(joiner.report().await, "joined 0");
     assert!(joiner.exit_within(PATIENCE).await.success());
+}
+
+/// Every kind of joiner waits on the same signal: an async `join` and a `blocking_join` in
+/// another process, then in one process two blocking joiners beside an async one. Each
+/// round, every joiner must wake when the round's task is done. (A blocking joiner used to
+/// read the shared eventfd's counter, which could take the wake-up from the others: the
+/// async join missed it within a few rounds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_and_blocking_joiners_all_wake_every_round() {
+    let q = procq::JoinableQueue::<u32>::new().unwrap();
+    let (rounds, rounds_rx) = procq::pipe::<u32>().unwrap();
+    let mut cmd = child_command("blocking-join-rounds");
+    procq::pass(&mut cmd, "Q", q.clone()).unwrap();
+    procq::pass(&mut cmd, "ROUNDS", rounds_rx).unwrap();
+    let mut kid = Kid::spawn(cmd);
+    for round in 0..300u32 {
+        q.put(round).await.unwrap();
+        q.flush().await.unwrap();
+        rounds.send(round).await.unwrap();
+        let joiner = {
+            let q = q.clone();
+            tokio::spawn(async move { q.join_timeout(PATIENCE).await })
+        };
+        assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), round);
+        q.task_done().unwrap();
+        if let Err(e) = joiner.await.unwrap() {
+            panic!("round {round}: the async join did not wake: {e}");
+        }
+        assert_eq!(
+            kid.report().await,
+            round.to_string(),
+            "the child's blocking join"
+        );
+    }
+    drop(rounds);
+    assert!(kid.exit_within(PATIENCE).await.success());
+
+    let q = procq::JoinableQueue::<u32>::new().unwrap();
+    for round in 0..1000u32 {
+        q.blocking_put(round).unwrap();
+        let joiners: Vec<_> = (0..3)
+            .map(|i| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let since = Instant::now();
+                    let joined = if i == 0 {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        rt.block_on(q.join_timeout(PATIENCE))
+                    } else {
+                        q.blocking_join_timeout(PATIENCE)
+                    };
+                    // A missed wake-up would show as a join that took its whole timeout.
+                    assert!(since.elapsed() < PATIENCE / 2, "woken late");
+                    joined
+                })
+            })
+            .collect();
+        assert_eq!(q.blocking_get_timeout(PATIENCE).unwrap(), round);
+        q.task_done().unwrap();
+        for (i, joiner) in joiners.into_iter().enumerate() {
+            if let Err(e) = joiner.join().unwrap() {
+                panic!("round {round}: joiner {i} did not wake: {e}");
+            }
+        }
+    }
+}
+
+/// `close` ends this process's puts, including those already waiting for a slot of a full
+/// bounded queue (a task and a thread); on a closed full queue `try_put` and `put_timeout`
+/// say `Closed`, not `Full` or `Timeout`: waiting would not help.
+#[tokio::test]
+async fn close_wakes_puts_waiting_for_a_slot_and_a_closed_full_queue_says_closed() {
+    let q = procq::Queue::<u32>::bounded(1).unwrap();
+    q.put(1).await.unwrap();
+    let waiting = {
+        let q = q.clone();
+        tokio::spawn(async move { q.put(2).await })
+    };
+    tokio::task::yield_now().await; // one thread: the put runs until it waits
+    assert!(!waiting.is_finished());
+    let (started, started_rx) = std::sync::mpsc::channel();
+    let blocked = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            started.send(common::thread_id()).unwrap();
+            q.blocking_put_timeout(3, PATIENCE)
+        })
+    };
+    common::wait_until_asleep(started_rx.recv().unwrap());
+    let since = Instant::now();
+    q.close();
+    let put = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("close woke the waiting put")
+        .unwrap();
+    assert!(put.unwrap_err().is_closed());
+    match blocked.join().unwrap() {
+        Err(SendTimeoutError::Failed(e)) if e.is_closed() => {}
+        other => panic!("the blocked put: {other:?}"),
+    }
+    assert!(since.elapsed() < PATIENCE / 2);
+    assert!(q.try_put(4).unwrap_err().is_closed());
+    let timed = q
+        .put_timeout(5, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(timed.is_closed(), "{timed:?}");
+    assert_eq!(q.get().await.unwrap(), 1, "what was put still flows");
 }

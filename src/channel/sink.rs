@@ -4,8 +4,10 @@
 //! appends it (possibly taking the buffer over its limit by that one item), a direct
 //! sender writes it if the kernel has room and otherwise keeps it, encoded, until
 //! `poll_ready` / `poll_flush` finish writing it — so a full socket means waiting, never an
-//! error. `poll_close` flushes and retires this handle only (as dropping it would): its
-//! later sends fail with `Closed`, other clones go on.
+//! error. `poll_close` flushes and retires this handle only, as dropping it would: every
+//! later send through it (`send`, `try_send`, `blocking_send`, the `Sink`) fails with
+//! `Closed`, other clones go on, and if it was the last sender of every process the
+//! receivers see the end.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -89,7 +91,7 @@ impl<T: Serialize> futures_sink::Sink<T> for Sender<T> {
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Self::Error> {
         let this = self.get_mut();
-        if this.sink.closed {
+        if this.sink.closed || this.handle.is_retired() {
             return Err(SendError::new(Some(item), SendErrorKind::Closed));
         }
         match this.handle.engine() {
@@ -134,6 +136,9 @@ impl<T: Serialize> futures_sink::Sink<T> for Sender<T> {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
         this.sink.closed = true;
-        Pin::new(&mut *this).poll_flush(cx)
+        let flushed = ready!(Pin::new(&mut *this).poll_flush(cx));
+        // Flushed (or failed) while still a handle; now no longer one.
+        this.handle.retire();
+        Poll::Ready(flushed)
     }
 }

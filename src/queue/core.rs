@@ -1,9 +1,11 @@
 //! What every queue handle in one process shares: both ends of the channel, the mapped
 //! header, the eventfds, and the accounting every put and get does.
 
+use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::event::Event;
 use crate::error::{Error, FromEnvError};
@@ -192,7 +194,23 @@ impl Core {
         let done = h.done.0.fetch_add(n as i64, Ordering::SeqCst) + n as i64;
         if h.put.0.load(Ordering::SeqCst) - done <= 0 {
             if let Some(done) = &self.done {
+                // Tasks wait on the eventfd (the reactor), threads on the futex word.
                 let _ = done.add(1);
+                self.header.raise_done_signal();
+            }
+        }
+    }
+
+    /// Blocks the calling thread until no task is unfinished (`true`) or `deadline`
+    /// passes (`false`, unless the last task was done by then).
+    pub(crate) fn blocking_wait_finished(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        loop {
+            let seen = self.header.done_signals();
+            if self.unfinished() <= 0 {
+                return Ok(true);
+            }
+            if !self.header.wait_done_signal(seen, deadline)? {
+                return Ok(self.unfinished() <= 0);
             }
         }
     }

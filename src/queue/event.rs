@@ -9,8 +9,17 @@ use tokio::io::Interest;
 
 use crate::send::Deadline;
 use crate::sys::eventfd;
-use crate::sys::socket::{wait_ready, Direction};
+use crate::sys::socket::wait_any_readable;
 use crate::sys::Waitable;
+
+/// How a blocking acquire ended.
+#[derive(Debug)]
+pub(crate) enum Acquired<E> {
+    Yes,
+    TimedOut,
+    /// Given up, and why.
+    Refused(E),
+}
 
 pub(crate) struct Event {
     fd: Waitable,
@@ -70,7 +79,7 @@ impl Event {
             let reactor = self.fd.reactor()?;
             let mut guard = match reactor.readable().await {
                 Ok(guard) => guard,
-                Err(_) if self.fd.renew(reactor) => continue,
+                Err(_) if self.fd.renew(&reactor) => continue,
                 Err(e) => return Err(e),
             };
             match guard.try_io(|_| eventfd::read(self.fd())) {
@@ -80,14 +89,24 @@ impl Event {
         }
     }
 
-    /// Takes one permit from the calling thread, blocking until `deadline`; `false` then.
-    pub(crate) fn blocking_acquire(&self, deadline: Deadline) -> io::Result<bool> {
+    /// Takes one permit from the calling thread, blocking until `deadline`, unless
+    /// `refused` says why not first; `refused` is asked again whenever `stop` (a
+    /// descriptor that turns readable when the reason may have come) is readable.
+    pub(crate) fn blocking_acquire_unless<E>(
+        &self,
+        stop: BorrowedFd<'_>,
+        refused: impl Fn() -> Option<E>,
+        deadline: Deadline,
+    ) -> io::Result<Acquired<E>> {
         loop {
-            if self.try_acquire()? {
-                return Ok(true);
+            if let Some(why) = refused() {
+                return Ok(Acquired::Refused(why));
             }
-            if !wait_ready(self.fd(), Direction::Read, deadline)? {
-                return Ok(false);
+            if self.try_acquire()? {
+                return Ok(Acquired::Yes);
+            }
+            if !wait_any_readable(&[self.fd(), stop], deadline)? {
+                return Ok(Acquired::TimedOut);
             }
         }
     }
@@ -111,32 +130,11 @@ impl Event {
                         guard.clear_ready();
                         self.local.notify_waiters();
                     }
-                    Err(_) if self.fd.renew(reactor) => {}
+                    Err(_) if self.fd.renew(&reactor) => {}
                     Err(e) => return Err(e),
                 },
                 _ = &mut cleared_elsewhere => {}
             }
-        }
-    }
-
-    /// [`wait_until`](Self::wait_until) from the calling thread, until `deadline`; `false`
-    /// then.
-    pub(crate) fn blocking_wait_until(
-        &self,
-        mut done: impl FnMut() -> bool,
-        deadline: Deadline,
-    ) -> io::Result<bool> {
-        // Level-triggered: a signal's counter stays readable, so poll(2) alone would spin.
-        // Read the counter (taking every pending signal) and re-check after each wake-up;
-        // other processes' waiters were woken by the same write's edge.
-        loop {
-            if done() {
-                return Ok(true);
-            }
-            if !wait_ready(self.fd(), Direction::Read, deadline)? {
-                return Ok(done());
-            }
-            let _ = eventfd::read(self.fd());
         }
     }
 }

@@ -141,12 +141,7 @@ impl<T> JoinableQueue<T> {
     }
 
     fn blocking_join_until(&self, deadline: Option<std::time::Instant>) -> std::io::Result<bool> {
-        let core = self.core();
-        let done = core
-            .done
-            .as_ref()
-            .expect("a JoinableQueue has a done signal");
-        done.blocking_wait_until(|| core.unfinished() <= 0, deadline)
+        self.core().blocking_wait_finished(deadline)
     }
 
     /// [`Queue::len`].

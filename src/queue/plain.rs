@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::core::{Core, PutGuard};
+use super::event::Acquired;
 use crate::channel::deadline_in_runtime;
 use crate::channel::sender::timeout_error;
 use crate::error::{
@@ -146,15 +147,26 @@ impl<T: Serialize> Queue<T> {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(), SendTimeoutError<T>> {
         if let Some(slots) = &self.core.slots {
+            if let Some(kind) = self.core.send.refused() {
+                return Err(SendError::new(item, kind).into());
+            }
+            // A close of this process's putting side ends the wait for a slot too.
+            let send = &self.core.send;
+            let slot = async {
+                tokio::select! {
+                    acquired = slots.acquire() => acquired.map_err(SendErrorKind::Io),
+                    _ = send.closed() => Err(send.refused().unwrap_or(SendErrorKind::Disconnected)),
+                }
+            };
             let acquired = match deadline {
-                None => slots.acquire().await,
-                Some(at) => match tokio::time::timeout_at(at, slots.acquire()).await {
+                None => slot.await,
+                Some(at) => match tokio::time::timeout_at(at, slot).await {
                     Ok(r) => r,
                     Err(_) => return Err(SendTimeoutError::Timeout(item)),
                 },
             };
-            if let Err(e) = acquired {
-                return Err(SendError::new(item, SendErrorKind::Io(e)).into());
+            if let Err(kind) = acquired {
+                return Err(SendError::new(item, kind).into());
             }
         }
         let mut guard = self.begin_put();
@@ -179,6 +191,9 @@ impl<T: Serialize> Queue<T> {
     /// [`TrySendError::Full`] gives it back.
     pub fn try_put(&self, item: T) -> Result<(), TrySendError<T>> {
         if let Some(slots) = &self.core.slots {
+            if let Some(kind) = self.core.send.refused() {
+                return Err(SendError::new(item, kind).into());
+            }
             match slots.try_acquire() {
                 Ok(true) => {}
                 Ok(false) => return Err(TrySendError::Full(item)),
@@ -223,9 +238,15 @@ impl<T: Serialize> Queue<T> {
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<T>> {
         if let Some(slots) = &self.core.slots {
-            match slots.blocking_acquire(deadline) {
-                Ok(true) => {}
-                Ok(false) => return Err(SendTimeoutError::Timeout(item)),
+            // Waits for a slot or for this process's putting side to close (another
+            // thread's `close`), whichever comes first.
+            let acquired = self.core.send.closing_fd().and_then(|closing| {
+                slots.blocking_acquire_unless(closing, || self.core.send.refused(), deadline)
+            });
+            match acquired {
+                Ok(Acquired::Yes) => {}
+                Ok(Acquired::TimedOut) => return Err(SendTimeoutError::Timeout(item)),
+                Ok(Acquired::Refused(kind)) => return Err(SendError::new(item, kind).into()),
                 Err(e) => return Err(SendError::new(item, SendErrorKind::Io(e)).into()),
             }
         }

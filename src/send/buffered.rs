@@ -30,7 +30,7 @@ use super::{Deadline, Fail, Payload};
 use crate::error::{FlushError, SendErrorKind};
 use crate::recv::Unread;
 use crate::report;
-use crate::sys::socket::{self, Direction};
+use crate::sys::socket;
 use crate::sys::waitable::no_runtime;
 use crate::sys::Waitable;
 use crate::wire::datagram::{self, Outgoing};
@@ -114,6 +114,8 @@ pub(crate) struct Outbox {
     limits: Limits,
     /// Told how many items were lost for good (a queue corrects its counts).
     on_lost: Mutex<Option<LostHook>>,
+    /// Raised by `close`, for threads blocked in `poll(2)`.
+    closing: super::ClosingSignal,
 }
 
 /// Called with the number of items lost for good.
@@ -160,7 +162,18 @@ impl Outbox {
             progress: Notify::new(),
             limits,
             on_lost: Mutex::new(None),
+            closing: super::ClosingSignal::default(),
         })
+    }
+
+    /// Raised when this side closes here; see [`SendHandle::closing_fd`](super::SendHandle::closing_fd).
+    pub(crate) fn closing_signal(&self) -> &super::ClosingSignal {
+        &self.closing
+    }
+
+    /// Why no new item can be accepted, if none can.
+    pub(crate) fn refused(&self) -> Option<SendErrorKind> {
+        self.lock().refusal()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -611,7 +624,7 @@ impl Outbox {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(guard)) => guard,
                 // Registered with a runtime that shut down: register with this one.
-                Poll::Ready(Err(_)) if socket.renew(reactor) => continue,
+                Poll::Ready(Err(_)) if socket.renew(&reactor) => continue,
                 Poll::Ready(Err(e)) => {
                     let mut st = self.lock();
                     self.finish(&mut st, &mut w, End::Failed(e.kind(), e.to_string()));
@@ -675,7 +688,7 @@ impl Outbox {
             if let Some(done) = self.lock().flushed(target) {
                 return done.map(|()| true);
             }
-            if self.write_now() == Progress::Blocked && !self.wait_writable(deadline) {
+            if self.write_now() == Progress::Blocked && !self.wait_writable(deadline, false) {
                 return Ok(false);
             }
         }
@@ -688,12 +701,19 @@ impl Outbox {
     }
 
     /// Blocks until the socket may take more, or `deadline`; false at the deadline. A
-    /// released socket counts as ready (the caller finds out why).
-    fn wait_writable(&self, deadline: Deadline) -> bool {
+    /// released socket counts as ready (the caller finds out why). With `until_closed`, a
+    /// `close` from another thread ends the wait too (for a send, which it refuses; not for
+    /// a flush or drain, which go on writing after a close).
+    fn wait_writable(&self, deadline: Deadline, until_closed: bool) -> bool {
         let Some(socket) = self.socket() else {
             return true;
         };
-        socket::wait_ready(socket.fd().as_fd(), Direction::Write, deadline).unwrap_or(true)
+        let stop = if until_closed {
+            self.closing.fd().ok()
+        } else {
+            None
+        };
+        socket::wait_writable(socket.fd().as_fd(), stop, deadline).unwrap_or(true)
     }
 
     /// Writes `item` as a datagram of its own from the calling thread, after everything
@@ -733,7 +753,7 @@ impl Outbox {
                     Ok(Progress::Blocked) | Err(_) => {}
                 }
             }
-            if !self.wait_writable(deadline) {
+            if !self.wait_writable(deadline, true) {
                 return Err(Fail::Timeout);
             }
         }
@@ -743,6 +763,7 @@ impl Outbox {
     /// and the socket is released once it has.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
+        self.closing.raise();
         // Write what the socket takes now, and release the descriptor if nothing is left,
         // whether or not a flush task's runtime runs again.
         self.write_now();
@@ -788,7 +809,7 @@ impl Outbox {
                         self.progress.notify_waiters();
                         return Ok(());
                     }
-                    Err(_) if socket.renew(reactor) => {}
+                    Err(_) if socket.renew(&reactor) => {}
                     Err(e) => return Err(e),
                 },
                 _ = notified => {}
@@ -816,7 +837,7 @@ impl Outbox {
             if self.lock().end.is_some() {
                 break;
             }
-            if self.write_now() == Progress::Blocked && !self.wait_writable(deadline) {
+            if self.write_now() == Progress::Blocked && !self.wait_writable(deadline, false) {
                 break;
             }
         }

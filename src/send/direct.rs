@@ -13,7 +13,7 @@ use super::item::{Encoded, Limits};
 use super::{Deadline, Fail};
 use crate::error::SendErrorKind;
 use crate::recv::Unread;
-use crate::sys::socket::{self, Direction};
+use crate::sys::socket;
 use crate::sys::Waitable;
 use crate::wire::datagram::{self, Outgoing};
 
@@ -24,6 +24,10 @@ pub(crate) struct Direct {
     hung_up: AtomicBool,
     /// Woken by `close`, so waits let go of the socket and it closes.
     closing: tokio::sync::Notify,
+    /// Raised by `close`, for threads blocked in `poll(2)`.
+    closing_signal: super::ClosingSignal,
+    /// Live handles in this process; the last one gone closes.
+    handles: std::sync::atomic::AtomicUsize,
 }
 
 impl Direct {
@@ -33,7 +37,25 @@ impl Direct {
             limits,
             hung_up: AtomicBool::new(false),
             closing: tokio::sync::Notify::new(),
+            closing_signal: super::ClosingSignal::default(),
+            handles: std::sync::atomic::AtomicUsize::new(1),
         }
+    }
+
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handle is gone; the last one releases the descriptor (nothing is buffered here).
+    pub(crate) fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.close();
+        }
+    }
+
+    /// Raised when this side closes here; see [`SendHandle::closing_fd`](super::SendHandle::closing_fd).
+    pub(crate) fn closing_signal(&self) -> &super::ClosingSignal {
+        &self.closing_signal
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -81,7 +103,7 @@ impl Direct {
                     .map_err(|e| Fail::Failed(SendErrorKind::Io(e)))?;
                 let mut guard = match reactor.writable().await {
                     Ok(guard) => guard,
-                    Err(_) if socket.renew(reactor) => continue,
+                    Err(_) if socket.renew(&reactor) => continue,
                     Err(e) => return Err(Fail::Failed(SendErrorKind::Io(e))),
                 };
                 match guard.try_io(|_| datagram::send(socket.fd().as_fd(), item.datagram())) {
@@ -115,7 +137,9 @@ impl Direct {
                 other => return other,
             }
             let socket = self.socket().map_err(Fail::Failed)?;
-            match socket::wait_ready(socket.fd().as_fd(), Direction::Write, deadline) {
+            // A `close` from another thread wakes the wait (and `try_write` then says so).
+            let stop = self.closing_signal.fd().ok();
+            match socket::wait_writable(socket.fd().as_fd(), stop, deadline) {
                 Ok(true) => continue,
                 Ok(false) => return Err(Fail::Timeout),
                 Err(e) => return Err(Fail::Failed(SendErrorKind::Io(e))),
@@ -166,6 +190,7 @@ impl Direct {
     pub(crate) fn close(&self) {
         self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.closing.notify_waiters();
+        self.closing_signal.raise();
     }
 
     /// Closed here, or every receiver gone (asking the kernel).
@@ -198,7 +223,7 @@ impl Direct {
                         self.hung_up.store(true, Ordering::Relaxed);
                         return Ok(());
                     }
-                    Err(_) if socket.renew(reactor) => continue,
+                    Err(_) if socket.renew(&reactor) => continue,
                     Err(e) => return Err(e),
                 },
                 _ = &mut closing => return Ok(()),

@@ -91,11 +91,14 @@ pub(crate) enum DrainEnd {
 }
 
 /// One handle's share of a process's sending side. Clones count as handles: the last one
-/// dropped writes what the socket takes and releases the socket when nothing is left.
+/// dropped (or retired) writes what the socket takes and releases the socket when nothing
+/// is left.
 pub(crate) struct SendHandle {
     engine: Engine,
     /// The settings the channel was made with, for passing it on.
     opts: Options,
+    /// No longer counted as a handle (a `Sink` closed it): its sends fail with `Closed`.
+    retired: bool,
 }
 
 impl SendHandle {
@@ -110,6 +113,50 @@ impl SendHandle {
         SendHandle {
             engine,
             opts: opts.clone(),
+            retired: false,
+        }
+    }
+
+    /// Stops counting this handle as a sender, as dropping it would (the last handle of
+    /// the process gone, the side closes once what it accepted is written), and refuses
+    /// its later sends with `Closed`. Other clones go on.
+    pub(crate) fn retire(&mut self) {
+        if !self.retired {
+            self.retired = true;
+            self.release();
+        }
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired
+    }
+
+    fn release(&self) {
+        match &self.engine {
+            Engine::Buffered(outbox) => outbox.drop_handle(),
+            Engine::Direct(direct) => direct.drop_handle(),
+        }
+    }
+
+    /// Why a send through this handle would fail at once whatever the room, if it would:
+    /// asks nothing of the kernel and sends nothing.
+    pub(crate) fn refused(&self) -> Option<SendErrorKind> {
+        if self.retired {
+            return Some(SendErrorKind::Closed);
+        }
+        match &self.engine {
+            Engine::Buffered(outbox) => outbox.refused(),
+            Engine::Direct(direct) => direct.socket().err(),
+        }
+    }
+
+    /// A descriptor that turns readable, for good, once this side closes (here, in this
+    /// process): a thread blocked in `poll(2)` on something else watches it too, so a
+    /// `close` from another thread wakes it.
+    pub(crate) fn closing_fd(&self) -> io::Result<std::os::fd::BorrowedFd<'_>> {
+        match &self.engine {
+            Engine::Buffered(outbox) => outbox.closing_signal().fd(),
+            Engine::Direct(direct) => direct.closing_signal().fd(),
         }
     }
 
@@ -134,6 +181,9 @@ impl SendHandle {
 
     /// Sends if that needs no waiting.
     pub(crate) fn try_send<P: Payload>(&self, payload: &P) -> Result<(), Fail> {
+        if self.retired {
+            return Err(Fail::Failed(SendErrorKind::Closed));
+        }
         match &self.engine {
             Engine::Buffered(outbox) => outbox.try_push(payload, true).map(drop),
             Engine::Direct(direct) => {
@@ -149,6 +199,9 @@ impl SendHandle {
         payload: &P,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(), Fail> {
+        if self.retired {
+            return Err(Fail::Failed(SendErrorKind::Closed));
+        }
         match &self.engine {
             Engine::Buffered(outbox) => {
                 match outbox.try_push(payload, true) {
@@ -191,6 +244,9 @@ impl SendHandle {
         payload: &P,
         deadline: Deadline,
     ) -> Result<(), Fail> {
+        if self.retired {
+            return Err(Fail::Failed(SendErrorKind::Closed));
+        }
         match &self.engine {
             Engine::Buffered(outbox) => {
                 let item = payload.encode(outbox.limits()).map_err(Fail::Failed)?;
@@ -235,6 +291,9 @@ impl SendHandle {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
+        if self.retired {
+            return true;
+        }
         match &self.engine {
             Engine::Buffered(outbox) => outbox.is_closed(),
             Engine::Direct(direct) => direct.is_closed(),
@@ -242,6 +301,9 @@ impl SendHandle {
     }
 
     pub(crate) async fn closed(&self) -> io::Result<()> {
+        if self.retired {
+            return Ok(());
+        }
         match &self.engine {
             Engine::Buffered(outbox) => outbox.closed().await,
             Engine::Direct(direct) => direct.closed().await,
@@ -272,6 +334,9 @@ impl SendHandle {
 
     /// The socket, for passing to a child, or why there is none.
     pub(crate) fn socket(&self) -> Option<Arc<Waitable>> {
+        if self.retired {
+            return None;
+        }
         match &self.engine {
             Engine::Buffered(outbox) => outbox.socket(),
             Engine::Direct(direct) => direct.socket().ok(),
@@ -315,21 +380,60 @@ pub(crate) fn flush_to_send(e: FlushError) -> SendErrorKind {
 }
 
 impl Clone for SendHandle {
+    /// Another handle; a retired handle's clone is retired too.
     fn clone(&self) -> Self {
-        if let Engine::Buffered(outbox) = &self.engine {
-            outbox.add_handle();
+        if !self.retired {
+            match &self.engine {
+                Engine::Buffered(outbox) => outbox.add_handle(),
+                Engine::Direct(direct) => direct.add_handle(),
+            }
         }
         SendHandle {
             engine: self.engine.clone(),
             opts: self.opts.clone(),
+            retired: self.retired,
         }
     }
 }
 
 impl Drop for SendHandle {
     fn drop(&mut self) {
-        if let Engine::Buffered(outbox) = &self.engine {
-            outbox.drop_handle();
+        if !self.retired {
+            self.release();
+        }
+    }
+}
+
+/// A process-local eventfd that turns readable, for good, when a sending side closes; made
+/// on first use (most processes never block a thread on a send).
+#[derive(Default)]
+pub(crate) struct ClosingSignal {
+    fd: std::sync::OnceLock<OwnedFd>,
+    /// Raised already; the descriptor is made and raised under this lock.
+    raised: std::sync::Mutex<bool>,
+}
+
+impl ClosingSignal {
+    /// The descriptor (made now if needed; readable at once if the side closed already).
+    pub(crate) fn fd(&self) -> io::Result<std::os::fd::BorrowedFd<'_>> {
+        if self.fd.get().is_none() {
+            let raised = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+            if self.fd.get().is_none() {
+                let fd = crate::sys::eventfd::create(u32::from(*raised), false)?;
+                let _ = self.fd.set(fd);
+            }
+        }
+        Ok(self.fd.get().expect("made above").as_fd())
+    }
+
+    /// The side closed: wakes every thread watching the descriptor.
+    pub(crate) fn raise(&self) {
+        let mut raised = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+        if !*raised {
+            *raised = true;
+            if let Some(fd) = self.fd.get() {
+                let _ = crate::sys::eventfd::add(fd.as_fd(), 1);
+            }
         }
     }
 }

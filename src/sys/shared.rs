@@ -5,13 +5,14 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 
 use rustix::fs::SealFlags;
 
 /// `procq-Q1` in ASCII: what a queue header starts with.
 const MAGIC: u64 = u64::from_le_bytes(*b"procq-Q1");
 /// Bumped whenever the layout or meaning of [`QueueHeader`] changes.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// What every holder of a queue shares. Only atomics, so every bit pattern is a valid
 /// value and concurrent access from any number of processes is defined.
@@ -33,7 +34,14 @@ pub(crate) struct QueueHeader {
     pub(crate) got: Line,
     /// Tasks ever marked done, or gone without a get (`JoinableQueue`).
     pub(crate) done: Line,
+    /// Bumped each time the last unfinished task is marked done (`JoinableQueue`): the
+    /// futex word threads blocked in `blocking_join` sleep on, in any process.
+    done_signals: Word,
 }
+
+/// A 32-bit word alone on its cache line (a futex word).
+#[repr(C, align(64))]
+struct Word(AtomicU32);
 
 /// A counter alone on its cache line.
 #[repr(C, align(64))]
@@ -133,6 +141,58 @@ impl SharedHeader {
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The done signal's count now, to pass to [`wait_done_signal`](Self::wait_done_signal)
+    /// after checking the condition it signals.
+    pub(crate) fn done_signals(&self) -> u32 {
+        self.header().done_signals.0.load(Ordering::SeqCst)
+    }
+
+    /// Says that no task is unfinished: wakes every thread sleeping in
+    /// [`wait_done_signal`](Self::wait_done_signal), in every process.
+    pub(crate) fn raise_done_signal(&self) {
+        let word = &self.header().done_signals.0;
+        word.fetch_add(1, Ordering::SeqCst);
+        // Not FUTEX_PRIVATE: the word is in a shared mapping, waited on by other processes.
+        // The count is an `int` to the kernel: `i32::MAX` wakes every waiter (`u32::MAX`, read
+        // as -1, would wake one).
+        let _ = rustix::thread::futex::wake(
+            word,
+            rustix::thread::futex::Flags::empty(),
+            i32::MAX as u32,
+        );
+    }
+
+    /// Sleeps until the done signal moves past `seen` (or spuriously), or until
+    /// `deadline`: `false` then. A signal raised after `seen` was read is never missed:
+    /// the kernel compares the word before sleeping.
+    pub(crate) fn wait_done_signal(
+        &self,
+        seen: u32,
+        deadline: Option<Instant>,
+    ) -> io::Result<bool> {
+        use rustix::thread::futex;
+        let timeout = match deadline {
+            None => None,
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                Some(rustix::fs::Timespec {
+                    tv_sec: left.as_secs() as _,
+                    tv_nsec: left.subsec_nanos() as _,
+                })
+            }
+        };
+        let word = &self.header().done_signals.0;
+        match futex::wait(word, futex::Flags::empty(), seen, timeout.as_ref()) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(true),
+            Err(rustix::io::Errno::TIMEDOUT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

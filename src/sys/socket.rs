@@ -162,25 +162,14 @@ pub(crate) fn has_input(fd: BorrowedFd<'_>) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0)
 }
 
-/// Which way a blocking wait waits.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Direction {
-    Read,
-    Write,
-}
-
-/// Blocks the calling thread until `fd` is ready for `direction` (or hung up, or in
-/// error), or until `deadline`. Returns `false` on the deadline. For code that has no
+/// Blocks the calling thread until `fd` is writable (or hung up, or in error), or `stop`
+/// is readable, or until `deadline`. Returns `false` on the deadline. For code that has no
 /// runtime: the `blocking_*` methods.
-pub(crate) fn wait_ready(
+pub(crate) fn wait_writable(
     fd: BorrowedFd<'_>,
-    direction: Direction,
+    stop: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
-    let events = match direction {
-        Direction::Read => PollFlags::IN,
-        Direction::Write => PollFlags::OUT,
-    };
     loop {
         let timeout = match deadline {
             None => None,
@@ -195,8 +184,19 @@ pub(crate) fn wait_ready(
                 })
             }
         };
-        let mut fds = [PollFd::new(&fd, events)];
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+        let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+        let mut both;
+        let polled: &mut [PollFd<'_>] = match &stop {
+            None => &mut fds,
+            Some(stop) => {
+                both = [
+                    PollFd::new(&fd, PollFlags::OUT),
+                    PollFd::new(stop, PollFlags::IN),
+                ];
+                &mut both
+            }
+        };
+        match rustix::event::poll(polled, timeout.as_ref()) {
             Ok(0) => continue, // timed out: the deadline check above decides
             Ok(_) => return Ok(true),
             Err(rustix::io::Errno::INTR) => continue,

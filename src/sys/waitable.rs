@@ -1,16 +1,12 @@
 //! Descriptors registered with the tokio reactor the first time a task waits on them.
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-
-/// How many times a descriptor may be registered anew after the runtime it was registered
-/// with shut down (a handle used by one runtime, then another).
-const GENERATIONS: usize = 8;
 
 /// A descriptor that is registered with the tokio reactor the first time a task waits on
 /// it, not before, and only for the directions it was made for.
@@ -25,12 +21,16 @@ const GENERATIONS: usize = 8;
 /// never signals otherwise: the hang-up that says no receiver is left (`EPOLLHUP`, always
 /// reported) shows up as read-closed readiness, which a priority waiter sees without
 /// touching the writable readiness the flush task waits on.
+///
+/// A registration belongs to the runtime that was current when it was made. Once that
+/// runtime shuts down, a wait on it fails, the waiter [`renew`](Self::renew)s, and the next
+/// wait registers with the runtime current then: a handle goes on working in any number of
+/// runtimes, one after another.
 pub(crate) struct Waitable {
-    // Declared before `fd`, so they are dropped (deregistered) before the descriptor
-    // closes. Registrations of runtimes that shut down stay here until then.
-    registrations: [OnceLock<AsyncFd<FdNumber>>; GENERATIONS],
-    current: AtomicUsize,
-    registering: Mutex<()>,
+    // Declared before `fd`, so it is dropped (deregistered) before the descriptor closes;
+    // a registration replaced by `renew` lives on only in the `Registration`s that borrow
+    // this `Waitable`, so it too is gone before the descriptor closes.
+    registration: Mutex<Option<Arc<AsyncFd<FdNumber>>>>,
     interest: Interest,
     fd: OwnedFd,
 }
@@ -45,12 +45,24 @@ impl AsRawFd for FdNumber {
     }
 }
 
+/// A reactor registration of a [`Waitable`], which it borrows (so the descriptor is open
+/// for as long as it lives).
+pub(crate) struct Registration<'a> {
+    registered: Arc<AsyncFd<FdNumber>>,
+    _waitable: PhantomData<&'a Waitable>,
+}
+
+impl std::ops::Deref for Registration<'_> {
+    type Target = AsyncFd<FdNumber>;
+    fn deref(&self) -> &AsyncFd<FdNumber> {
+        &self.registered
+    }
+}
+
 impl Waitable {
     pub(crate) fn new(fd: OwnedFd, interest: Interest) -> Waitable {
         Waitable {
-            registrations: Default::default(),
-            current: AtomicUsize::new(0),
-            registering: Mutex::new(()),
+            registration: Mutex::new(None),
             interest,
             fd,
         }
@@ -65,46 +77,47 @@ impl Waitable {
         self.interest.is_readable()
     }
 
-    /// The reactor registration, made now if this is the first wait (in this runtime).
-    /// Fails (never panics) outside a tokio runtime.
-    pub(crate) fn reactor(&self) -> io::Result<&AsyncFd<FdNumber>> {
-        let i = self.current.load(Ordering::Acquire);
-        if let Some(registered) = self.registrations[i].get() {
-            return Ok(registered);
-        }
-        let _one_at_a_time = self.registering.lock().unwrap_or_else(|e| e.into_inner());
-        let i = self.current.load(Ordering::Acquire);
-        if let Some(registered) = self.registrations[i].get() {
-            return Ok(registered);
+    /// The reactor registration, made now (with the current runtime) if this is the first
+    /// wait or the last registration was [`renew`](Self::renew)ed. Fails (never panics)
+    /// outside a tokio runtime.
+    pub(crate) fn reactor(&self) -> io::Result<Registration<'_>> {
+        let mut current = self.registration.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(registered) = &*current {
+            return Ok(Registration {
+                registered: registered.clone(),
+                _waitable: PhantomData,
+            });
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(no_runtime());
         }
         let number = FdNumber(self.fd.as_raw_fd());
         // SAFETY: `number` names `self.fd`, which stays open and refers to the same socket
-        // until every registration is dropped (declared first, so dropped first), and
-        // FdNumber always reports that same number.
-        let registered = unsafe { AsyncFd::register_with_interest(number, self.interest) }?;
-        Ok(self.registrations[i].get_or_init(|| registered))
+        // until every registration is dropped: the one held here is dropped before `fd`
+        // (declared first), and every other clone lives in a `Registration` that borrows
+        // `self`. FdNumber always reports that same number.
+        let registered =
+            Arc::new(unsafe { AsyncFd::register_with_interest(number, self.interest) }?);
+        *current = Some(registered.clone());
+        Ok(Registration {
+            registered,
+            _waitable: PhantomData,
+        })
     }
 
-    /// A wait on `stale` failed, which happens when the runtime it was registered with shut
-    /// down: the next wait registers with the runtime current then. Returns `false` when
-    /// there is nothing more to try (the error stands).
-    pub(crate) fn renew(&self, stale: &AsyncFd<FdNumber>) -> bool {
-        let _one_at_a_time = self.registering.lock().unwrap_or_else(|e| e.into_inner());
-        let i = self.current.load(Ordering::Acquire);
-        let is_current = self.registrations[i]
-            .get()
-            .is_some_and(|r| std::ptr::eq(r, stale));
-        if !is_current {
-            return true; // renewed already by another waiter
+    /// A wait on `stale` failed, which happens only when the runtime it was registered
+    /// with shut down: the next wait registers with the runtime current then. Returns
+    /// `false` when there is nothing more to try (the error stands): outside a runtime.
+    /// (This cannot loop: registering with a runtime that is shutting down fails.)
+    pub(crate) fn renew(&self, stale: &Registration<'_>) -> bool {
+        let mut current = self.registration.lock().unwrap_or_else(|e| e.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, &stale.registered))
+        {
+            *current = None;
         }
-        if i + 1 >= GENERATIONS || tokio::runtime::Handle::try_current().is_err() {
-            return false;
-        }
-        self.current.store(i + 1, Ordering::Release);
-        true
+        tokio::runtime::Handle::try_current().is_ok()
     }
 }
 

@@ -131,3 +131,30 @@ where
     drop(rt);
     std::process::exit(0);
 }
+
+/// This thread's id, for [`wait_until_asleep`].
+#[allow(dead_code)]
+pub fn thread_id() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+/// Waits (polling the kernel's view, with a deadline that fails the test) until thread
+/// `tid` of this process sleeps: it has entered the blocking call the test wants to
+/// interrupt, not merely been started.
+#[allow(dead_code)]
+pub fn wait_until_asleep(tid: i32) {
+    let path = format!("/proc/self/task/{tid}/stat");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let stat = std::fs::read_to_string(&path).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+        if state == 'S' {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "thread {tid} never slept"
+        );
+        std::thread::yield_now();
+    }
+}
