@@ -192,7 +192,10 @@ impl Core {
     pub(crate) fn finish(&self, n: u64) {
         let h = self.header.header();
         let done = h.done.0.fetch_add(n as i64, Ordering::SeqCst) + n as i64;
-        if h.put.0.load(Ordering::SeqCst) - done <= 0 {
+        // A join counts itself in (`joining`) before it reads the counts; with every access
+        // here and there sequentially consistent, either this load sees that joiner, or
+        // the joiner's read of `done` sees this task done and it does not wait.
+        if h.joiners.0.load(Ordering::SeqCst) > 0 && h.put.0.load(Ordering::SeqCst) - done <= 0 {
             if let Some(done) = &self.done {
                 // Tasks wait on the eventfd (the reactor), threads on the futex word.
                 let _ = done.add(1);
@@ -201,9 +204,22 @@ impl Core {
         }
     }
 
+    /// Counts a join in for as long as the guard lives (see [`finish`](Self::finish)). A
+    /// joiner killed while it waits stays counted: `task_done` then signals whenever the
+    /// last task is done, as if someone waited.
+    pub(crate) fn joining(&self) -> Joining<'_> {
+        self.header
+            .header()
+            .joiners
+            .0
+            .fetch_add(1, Ordering::SeqCst);
+        Joining(self)
+    }
+
     /// Blocks the calling thread until no task is unfinished (`true`) or `deadline`
     /// passes (`false`, unless the last task was done by then).
     pub(crate) fn blocking_wait_finished(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let _counted = self.joining();
         loop {
             let seen = self.header.done_signals();
             if self.unfinished() <= 0 {
@@ -213,6 +229,20 @@ impl Core {
                 return Ok(self.unfinished() <= 0);
             }
         }
+    }
+}
+
+/// A join counted in; counted out when dropped (a cancelled join too).
+pub(crate) struct Joining<'a>(&'a Core);
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        self.0
+            .header
+            .header()
+            .joiners
+            .0
+            .fetch_sub(1, Ordering::SeqCst);
     }
 }
 

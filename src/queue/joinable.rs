@@ -104,6 +104,7 @@ impl<T> JoinableQueue<T> {
             .done
             .as_ref()
             .expect("a JoinableQueue has a done signal");
+        let _counted = core.joining();
         done.wait_until(|| core.unfinished() <= 0).await
     }
 

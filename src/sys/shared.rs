@@ -34,9 +34,14 @@ pub(crate) struct QueueHeader {
     pub(crate) got: Line,
     /// Tasks ever marked done, or gone without a get (`JoinableQueue`).
     pub(crate) done: Line,
-    /// Bumped each time the last unfinished task is marked done (`JoinableQueue`): the
-    /// futex word threads blocked in `blocking_join` sleep on, in any process.
+    /// Bumped each time the last unfinished task is marked done while someone joins
+    /// (`JoinableQueue`): the futex word threads blocked in `blocking_join` sleep on, in
+    /// any process.
     done_signals: Word,
+    /// Joins waiting now, in every process (`JoinableQueue`). The last `task_done` signals
+    /// only if someone waits: with no joiner, a consumer that keeps up with its producer
+    /// would otherwise make two system calls for nearly every item.
+    pub(crate) joiners: Line,
 }
 
 /// A 32-bit word alone on its cache line (a futex word).
