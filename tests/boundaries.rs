@@ -119,6 +119,32 @@ async fn play(role: &str) {
                 tx.send((7, i)).await.unwrap();
             }
         }
+        // Sends N numbers, then panics in `main` (no flush).
+        "send-and-panic" => {
+            let tx = procq::Sender::<(u32, u64)>::from_env("CH").unwrap();
+            for i in 0..env_num("N") {
+                tx.send((7, i)).await.unwrap();
+            }
+            panic!("deliberate panic after sending");
+        }
+        // Makes a queue of each kind, uses it, drops its last handle while the runtime is
+        // busy here (it does not run again before the count), and reports how many
+        // descriptors are still open beyond those before.
+        "queue-descriptors-at-drop" => {
+            let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+            let before = fds();
+            let q = procq::JoinableQueue::<u64>::bounded(4).unwrap();
+            q.put(1).await.unwrap();
+            q.flush().await.unwrap();
+            assert_eq!(q.get().await.unwrap(), 1);
+            q.task_done().unwrap();
+            let p = procq::Queue::<u64>::new().unwrap();
+            p.put(2).await.unwrap();
+            p.flush().await.unwrap();
+            assert_eq!(p.get().await.unwrap(), 2);
+            drop((q, p));
+            report(fds() - before);
+        }
         // CPython's test_fork, ported: put ten items into a queue and return.
         "put-ten-and-return" => {
             let q = procq::Queue::<u32>::from_env("CH").unwrap();
@@ -525,6 +551,54 @@ async fn returning_from_main_without_flush_delivers_everything_the_kernel_holds(
             }
         }
         assert_eq!(got, n, "{flavor}: items lost at exit");
+        assert!(kid.exit_within(PATIENCE).await.success());
+    }
+}
+
+/// A panic that unwinds out of `main` delivers what the kernel takes, as returning does
+/// (it used to skip the write while unwinding, and report every buffered item lost).
+#[tokio::test]
+async fn panicking_in_main_delivers_everything_the_kernel_holds() {
+    for flavor in ["current", "multi"] {
+        let (tx, rx) = procq::channel::<(u32, u64)>().unwrap();
+        let n = 2000u64;
+        let mut cmd = child_command("send-and-panic");
+        cmd.env("N", n.to_string())
+            .env(FLAVOR, flavor)
+            .stderr(std::process::Stdio::piped());
+        procq::pass(&mut cmd, "CH", tx).unwrap();
+        let mut kid = Kid::spawn(cmd);
+        let stderr = kid.child.stderr.take().unwrap();
+        let mut got = 0;
+        loop {
+            match rx.recv_timeout(PATIENCE).await {
+                Ok((7, i)) => {
+                    assert_eq!(i, got);
+                    got += 1;
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(e) if e.is_closed() => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(!kid.exit_within(PATIENCE).await.success(), "it panicked");
+        let mut lines = BufReader::new(stderr).lines();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            assert!(!line.starts_with("procq:"), "{flavor}: {line}");
+        }
+        assert_eq!(got, n, "{flavor}: items lost in the panic");
+    }
+}
+
+/// A queue's last handle, dropped with nothing buffered, closes every descriptor at once
+/// (sockets, eventfds and the shared header), whether or not the runtime runs again.
+#[tokio::test]
+async fn a_queues_last_handle_closes_every_descriptor_at_once() {
+    for flavor in ["current", "multi"] {
+        let mut cmd = child_command("queue-descriptors-at-drop");
+        cmd.env(FLAVOR, flavor);
+        let mut kid = Kid::spawn(cmd);
+        assert_eq!(kid.report().await, "0", "{flavor}: descriptors left open");
         assert!(kid.exit_within(PATIENCE).await.success());
     }
 }

@@ -207,10 +207,25 @@ impl Outbox {
             st.handles == 0
         };
         if last {
-            if !std::thread::panicking() {
-                self.write_now();
+            if let Some(mut w) = self.writer_for_drop() {
+                let _ = self.write_locked(&mut w);
             }
             self.wake.notify_one();
+        }
+    }
+
+    /// The writer, for a drop: while this thread unwinds from a panic, only if no one holds
+    /// it (the panic may have struck while this very thread held it, and waiting would
+    /// deadlock); otherwise as always. So a panicking `main` still writes what the socket
+    /// takes, as a returning one does.
+    fn writer_for_drop(&self) -> Option<MutexGuard<'_, Writer>> {
+        if !std::thread::panicking() {
+            return Some(self.lock_writer());
+        }
+        match self.writer.try_lock() {
+            Ok(w) => Some(w),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         }
     }
 
@@ -593,6 +608,17 @@ impl Outbox {
         st.buffered = 0;
         if end == End::Disconnected {
             st.hung_up = true;
+        }
+        if end == End::Finished && st.undelivered.items() == 0 {
+            // Nothing can be lost any more: let go of what the hook holds (a queue's shared
+            // header and slot counter), so their descriptors close with the last handle
+            // instead of when the flush task next runs.
+            let hook = self
+                .on_lost
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            drop(hook);
         }
         st.end = Some(end);
         w.socket = None;
@@ -1006,11 +1032,10 @@ impl Drop for TaskGuard {
         outbox.lock().task = Task::Absent;
         // Waiters in another runtime start a new task; waiters here see the end.
         outbox.progress.notify_waiters();
-        if std::thread::panicking() {
-            return;
-        }
-        outbox.write_now();
-        let mut w = outbox.lock_writer();
+        let Some(mut w) = outbox.writer_for_drop() else {
+            return; // unwinding, and the writer is held: the outbox's drop reports the rest
+        };
+        let _ = outbox.write_locked(&mut w);
         let mut st = outbox.lock();
         if st.end.is_some() {
             return; // what was not written is reported when the outbox goes
