@@ -441,3 +441,93 @@ async fn prefetch_one_shares_work_fairly() {
     assert_eq!(first, 1);
     working.ack().await.unwrap();
 }
+
+fn jobs_stats(server: &Server) -> procq::remote::QueueStats {
+    server
+        .stats()
+        .queues
+        .into_iter()
+        .find(|q| q.name == "jobs")
+        .unwrap()
+}
+
+/// After `close`, items pushed to this client and not taken went back to the queue: no
+/// later call hands them out (they used to, so another consumer got them too).
+#[tokio::test]
+async fn after_close_items_pushed_here_are_not_handed_out_again() {
+    let (server, addr) = start_server(ServerConfig::new(KEY), 0).await;
+    let q = ClientOptions::new(KEY)
+        .prefetch(8)
+        .connect::<u64>(&addr, "jobs")
+        .await
+        .unwrap();
+    for i in 0..8 {
+        q.put(i).await.unwrap();
+    }
+    assert!(matches!(q.try_get(), Err(RemoteError::Empty))); // asks for items
+    eventually("8 items pushed to the client", || {
+        jobs_stats(&server).in_flight == 8
+    })
+    .await;
+    q.close().await.unwrap();
+    eventually("the items back in the queue", || {
+        jobs_stats(&server).len == 8
+    })
+    .await;
+    let closed = |e: &RemoteError| {
+        matches!(
+            e,
+            RemoteError::Disconnected(procq::remote::Disconnect::ClosedHere)
+        )
+    };
+    assert!(closed(&q.try_get().unwrap_err()));
+    assert!(closed(&q.get().await.unwrap_err()));
+    assert!(closed(&q.get_unacked().await.unwrap_err()));
+    let other = RemoteQueue::<u64>::connect(&addr, "jobs", KEY)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        got.push(other.get_timeout(PATIENCE).await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, (0..8).collect::<Vec<_>>(), "each item once");
+}
+
+/// Once the connection has ended, the items already pushed to this client are handed out
+/// by every kind of get (as documented), and their acks, which cannot be sent, are
+/// counted by `close`; `get` used to drop the item and return the error.
+#[tokio::test]
+async fn after_the_connection_ends_pushed_items_are_handed_out_and_their_acks_counted() {
+    let (server, addr) = start_server(ServerConfig::new(KEY), 0).await;
+    let q = ClientOptions::new(KEY)
+        .prefetch(8)
+        .connect::<u64>(&addr, "jobs")
+        .await
+        .unwrap();
+    for i in 0..6 {
+        q.put(i).await.unwrap();
+    }
+    assert!(matches!(q.try_get(), Err(RemoteError::Empty)));
+    eventually("6 items pushed to the client", || {
+        jobs_stats(&server).in_flight == 6
+    })
+    .await;
+    let report = server.shutdown(Duration::ZERO).await; // ends the connection
+    assert_eq!(report.total(), 6, "{report}");
+    let mut got = vec![q.get().await.unwrap()];
+    got.push(q.get_timeout(PATIENCE).await.unwrap());
+    got.push(q.try_get().unwrap());
+    let (item, delivery) = q.get_unacked().await.unwrap();
+    got.push(item);
+    assert!(delivery.ack().await.is_err());
+    got.push(q.get().await.unwrap());
+    got.push(q.get().await.unwrap());
+    assert_eq!(got, (0..6).collect::<Vec<_>>());
+    assert!(matches!(
+        q.get().await.unwrap_err(),
+        RemoteError::Disconnected(_)
+    ));
+    let closed = q.close().await.unwrap_err();
+    assert_eq!(closed.acks_failed(), 5, "{closed}");
+}

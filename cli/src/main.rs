@@ -229,6 +229,11 @@ async fn serve(args: ServeArgs) -> Result<i32, String> {
             .declare(name, maxsize)
             .map_err(|e| format!("{spec:?}: {e}"))?;
     }
+    // The handlers go in before the first listener: a SIGTERM that arrives once
+    // "listening" is printed (or a client is accepted) must shut down, not kill.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut serving = Vec::new();
     let mut sockets = Vec::new();
     for addr in &args.listen {
@@ -269,11 +274,9 @@ async fn serve(args: ServeArgs) -> Result<i32, String> {
         println!("procq: metrics on {local}");
         tokio::spawn(metrics::serve(listener, server.clone()));
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
     }
     server.begin_shutdown();
     tracing::info!(

@@ -248,6 +248,21 @@ async fn sigterm_refuses_puts_and_reports_every_discarded_item() {
         .is_err());
 }
 
+/// A SIGTERM that arrives as soon as the server says it listens is a shutdown, never a
+/// kill: the handlers are installed before the first listener.
+#[tokio::test]
+async fn sigterm_right_after_listening_shuts_down_cleanly() {
+    for round in 0..30 {
+        let mut server = serve(&["--queue", "jobs"]).await;
+        server.sigterm();
+        let status = tokio::time::timeout(PATIENCE, server.child.wait())
+            .await
+            .expect("server exits")
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "round {round}: {status}");
+    }
+}
+
 /// A consumer that drains everything within the grace period: a clean exit.
 #[tokio::test]
 async fn sigterm_with_a_draining_consumer_exits_cleanly() {

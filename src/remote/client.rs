@@ -421,6 +421,9 @@ impl Shared {
                 drop(st);
                 self.changed.notify_waiters();
             }
+            // After `close`, items still pushed here go back to the queue with the
+            // connection: nobody takes them here.
+            Reply::Deliver { .. } | Reply::Deliveries { .. } if st.closed_here => {}
             Reply::Deliver { delivery, item } => {
                 st.credit_out = st.credit_out.saturating_sub(1);
                 st.buffer.push_back((delivery, item));
@@ -1325,7 +1328,14 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         let _one = client.closing.acquire().await;
         let deadline = Instant::now() + client.options.request_timeout;
         let settled = client.settle_all(Some(deadline)).await;
-        client.shared.lock().closed_here = true;
+        {
+            let mut st = client.shared.lock();
+            st.closed_here = true;
+            // Pushed here and not taken: they go back to the queue when the connection
+            // ends, so no later call may hand them out as well.
+            st.buffer.clear();
+        }
+        client.shared.arrived.notify_waiters();
         client.stop.cancel();
         // The server answers what is left, then closes; wait for that.
         let ended = async {
@@ -1464,7 +1474,10 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Gets an item and acknowledges it without waiting for the server to confirm the
     /// ack ([`flush`](Self::flush) and [`close`](Self::close) count acks that failed: their
     /// items were, or will be, delivered again). Use [`get_unacked`](Self::get_unacked)
-    /// and [`Delivery::ack`] to know each ack arrived.
+    /// and [`Delivery::ack`] to know each ack arrived. Items already pushed to this client
+    /// are handed out even after the connection ended, as by `get_unacked`: their acks
+    /// cannot be sent, and are counted as failed. After [`close`](Self::close) nothing is
+    /// handed out.
     ///
     /// # Cancel safety
     ///
@@ -1763,10 +1776,18 @@ impl Delivery {
         }
     }
 
-    /// Sends the ack without waiting for the server's confirmation.
+    /// Sends the ack without waiting for the server's confirmation. On procq's server, an
+    /// ack that cannot be sent (the connection ended) is counted for `flush` and `close`
+    /// and is no error here: the item is the caller's, as `try_get` hands it out.
     async fn ack_nowait(self) -> Result<(), RemoteError> {
         match self.0 {
-            Lease::Server(d) => d.ack_nowait().await,
+            Lease::Server(d) => {
+                let client = d.client.clone();
+                if d.ack_nowait().await.is_err() {
+                    client.shared.lock().acks_failed += 1;
+                }
+                Ok(())
+            }
             #[cfg(feature = "nats")]
             Lease::JetStream(d) => d.ack_nowait().await,
         }

@@ -95,7 +95,7 @@ pub enum Refusal {
     #[error("protocol version not supported")]
     Version,
     /// The put was withdrawn by the client before it was admitted (its timeout passed,
-    /// or its future was dropped).
+    /// its future was dropped, or `close` reached its deadline while it waited for room).
     #[error("put withdrawn before it was admitted")]
     Withdrawn,
     /// The item is larger than the server accepts.
