@@ -528,6 +528,22 @@ async fn a_dropped_sender_closes_its_descriptor_while_the_runtime_is_blocked() {
 
 // ----- 4. exit ----------------------------------------------------------------------
 
+/// Receives `(7, 0)`, `(7, 1)`, … until the channel ends; how many.
+async fn receive_in_order_until_the_end(rx: &procq::Receiver<(u32, u64)>) -> u64 {
+    let mut got = 0;
+    loop {
+        match rx.recv_timeout(PATIENCE).await {
+            Ok((7, i)) => {
+                assert_eq!(i, got);
+                got += 1;
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(e) if e.is_closed() => return got,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn returning_from_main_without_flush_delivers_everything_the_kernel_holds() {
     for flavor in ["current", "multi"] {
@@ -538,18 +554,7 @@ async fn returning_from_main_without_flush_delivers_everything_the_kernel_holds(
             tx,
             &[("N", n.to_string()), (FLAVOR, flavor.into())],
         );
-        let mut got = 0;
-        loop {
-            match rx.recv_timeout(PATIENCE).await {
-                Ok((7, i)) => {
-                    assert_eq!(i, got);
-                    got += 1;
-                }
-                Ok(other) => panic!("{other:?}"),
-                Err(e) if e.is_closed() => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let got = receive_in_order_until_the_end(&rx).await;
         assert_eq!(got, n, "{flavor}: items lost at exit");
         assert!(kid.exit_within(PATIENCE).await.success());
     }
@@ -569,18 +574,7 @@ async fn panicking_in_main_delivers_everything_the_kernel_holds() {
         procq::pass(&mut cmd, "CH", tx).unwrap();
         let mut kid = Kid::spawn(cmd);
         let stderr = kid.child.stderr.take().unwrap();
-        let mut got = 0;
-        loop {
-            match rx.recv_timeout(PATIENCE).await {
-                Ok((7, i)) => {
-                    assert_eq!(i, got);
-                    got += 1;
-                }
-                Ok(other) => panic!("{other:?}"),
-                Err(e) if e.is_closed() => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let got = receive_in_order_until_the_end(&rx).await;
         assert!(!kid.exit_within(PATIENCE).await.success(), "it panicked");
         let mut lines = BufReader::new(stderr).lines();
         while let Some(line) = lines.next_line().await.unwrap() {

@@ -453,22 +453,29 @@ fn jobs_stats(server: &Server) -> procq::remote::QueueStats {
 
 /// After `close`, items pushed to this client and not taken went back to the queue: no
 /// later call hands them out (they used to, so another consumer got them too).
-#[tokio::test]
-async fn after_close_items_pushed_here_are_not_handed_out_again() {
+/// A server, and a client of its queue `jobs` (prefetch 8) to which the server has pushed
+/// the `n` items (0, 1, …) the client put.
+async fn items_pushed_to_a_client(n: u64) -> (Server, String, RemoteQueue<u64>) {
     let (server, addr) = start_server(ServerConfig::new(KEY), 0).await;
     let q = ClientOptions::new(KEY)
         .prefetch(8)
         .connect::<u64>(&addr, "jobs")
         .await
         .unwrap();
-    for i in 0..8 {
+    for i in 0..n {
         q.put(i).await.unwrap();
     }
     assert!(matches!(q.try_get(), Err(RemoteError::Empty))); // asks for items
-    eventually("8 items pushed to the client", || {
-        jobs_stats(&server).in_flight == 8
+    eventually("the items pushed to the client", || {
+        jobs_stats(&server).in_flight == n
     })
     .await;
+    (server, addr, q)
+}
+
+#[tokio::test]
+async fn after_close_items_pushed_here_are_not_handed_out_again() {
+    let (server, addr, q) = items_pushed_to_a_client(8).await;
     q.close().await.unwrap();
     eventually("the items back in the queue", || {
         jobs_stats(&server).len == 8
@@ -499,20 +506,7 @@ async fn after_close_items_pushed_here_are_not_handed_out_again() {
 /// counted by `close`; `get` used to drop the item and return the error.
 #[tokio::test]
 async fn after_the_connection_ends_pushed_items_are_handed_out_and_their_acks_counted() {
-    let (server, addr) = start_server(ServerConfig::new(KEY), 0).await;
-    let q = ClientOptions::new(KEY)
-        .prefetch(8)
-        .connect::<u64>(&addr, "jobs")
-        .await
-        .unwrap();
-    for i in 0..6 {
-        q.put(i).await.unwrap();
-    }
-    assert!(matches!(q.try_get(), Err(RemoteError::Empty)));
-    eventually("6 items pushed to the client", || {
-        jobs_stats(&server).in_flight == 6
-    })
-    .await;
+    let (server, _addr, q) = items_pushed_to_a_client(6).await;
     let report = server.shutdown(Duration::ZERO).await; // ends the connection
     assert_eq!(report.total(), 6, "{report}");
     let mut got = vec![q.get().await.unwrap()];

@@ -21,3 +21,21 @@ pub(crate) mod socket;
 pub(crate) mod waitable;
 
 pub(crate) use waitable::Waitable;
+
+/// What is left of `deadline` as a relative timeout for a blocking system call: `Ok(None)`
+/// for no deadline, `Err(())` once it has passed.
+pub(crate) fn time_left(
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<rustix::event::Timespec>, ()> {
+    let Some(at) = deadline else {
+        return Ok(None);
+    };
+    let left = at.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return Err(());
+    }
+    Ok(Some(rustix::event::Timespec {
+        tv_sec: left.as_secs() as _,
+        tv_nsec: left.subsec_nanos() as _,
+    }))
+}

@@ -178,18 +178,8 @@ impl SharedHeader {
         deadline: Option<Instant>,
     ) -> io::Result<bool> {
         use rustix::thread::futex;
-        let timeout = match deadline {
-            None => None,
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                Some(rustix::fs::Timespec {
-                    tv_sec: left.as_secs() as _,
-                    tv_nsec: left.subsec_nanos() as _,
-                })
-            }
+        let Ok(timeout) = super::time_left(deadline) else {
+            return Ok(false);
         };
         let word = &self.header().done_signals.0;
         match futex::wait(word, futex::Flags::empty(), seen, timeout.as_ref()) {

@@ -171,18 +171,8 @@ pub(crate) fn wait_writable(
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
     loop {
-        let timeout = match deadline {
-            None => None,
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                Some(Timespec {
-                    tv_sec: left.as_secs() as _,
-                    tv_nsec: left.subsec_nanos() as _,
-                })
-            }
+        let Ok(timeout) = super::time_left(deadline) else {
+            return Ok(false);
         };
         let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
         let mut both;
@@ -212,18 +202,8 @@ pub(crate) fn wait_any_readable(
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
     loop {
-        let timeout = match deadline {
-            None => None,
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                Some(Timespec {
-                    tv_sec: left.as_secs() as _,
-                    tv_nsec: left.subsec_nanos() as _,
-                })
-            }
+        let Ok(timeout) = super::time_left(deadline) else {
+            return Ok(false);
         };
         let mut polled: Vec<PollFd<'_>> = fds
             .iter()
