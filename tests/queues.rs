@@ -622,3 +622,20 @@ async fn close_wakes_puts_waiting_for_a_slot_and_a_closed_full_queue_says_closed
     assert!(timed.is_closed(), "{timed:?}");
     assert_eq!(q.get().await.unwrap(), 1, "what was put still flows");
 }
+
+/// `task_done` pairs with a get made through any handle of the queue in this process: one
+/// made here and one that arrived inside an item count together.
+#[tokio::test]
+async fn task_done_counts_every_handle_of_the_queue_in_this_process() {
+    let jq = procq::JoinableQueue::<u64>::new().unwrap();
+    let (tx, rx) = procq::pipe::<procq::JoinableQueue<u64>>().unwrap();
+    tx.send(jq.clone()).await.unwrap();
+    let received = rx.recv_timeout(PATIENCE).await.unwrap();
+    jq.put(5).await.unwrap();
+    jq.flush().await.unwrap();
+    assert_eq!(received.get_timeout(PATIENCE).await.unwrap(), 5);
+    jq.task_done().unwrap(); // through the other handle
+    assert!(received.task_done().is_err(), "one get, one task_done");
+    assert!(jq.task_done().is_err());
+    jq.join_timeout(PATIENCE).await.unwrap();
+}

@@ -28,8 +28,32 @@ pub(crate) struct Core {
     pub(crate) slots: Option<Arc<Event>>,
     /// A `JoinableQueue`'s "a task finished" signal, which `join` waits on.
     pub(crate) done: Option<Event>,
-    /// Items this process got and has not yet called `task_done` for.
-    pub(crate) got: AtomicU64,
+    /// Items this process got and has not yet called `task_done` for, shared by every
+    /// handle of this queue in this process (see [`process_count`]).
+    pub(crate) got: Arc<AtomicU64>,
+}
+
+/// The count of items this process got from a queue and has not marked done, shared by
+/// every handle of that queue in this process however it arrived (made here, passed at
+/// spawn, received inside an item), so `task_done` through any of them pairs with a get
+/// through any other. Keyed by the shared header's inode, unique while a handle holds it.
+fn process_count(header: &SharedHeader) -> Arc<AtomicU64> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex, Weak};
+    static COUNTS: LazyLock<Mutex<HashMap<(u64, u64), Weak<AtomicU64>>>> =
+        LazyLock::new(Default::default);
+    let Ok(stat) = rustix::fs::fstat(header.fd()) else {
+        return Arc::default(); // cannot happen for a mapped memfd; counts per handle then
+    };
+    let key = (stat.st_dev as u64, stat.st_ino as u64);
+    let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    counts.retain(|_, count| count.strong_count() > 0);
+    if let Some(count) = counts.get(&key).and_then(Weak::upgrade) {
+        return count;
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    counts.insert(key, Arc::downgrade(&count));
+    count
 }
 
 impl Core {
@@ -62,6 +86,7 @@ impl Core {
     ) -> Core {
         let send_socket = Arc::new(Waitable::new(send_end, crate::channel::SEND_INTEREST));
         let recv_socket = Arc::new(Waitable::new(recv_end, crate::channel::RECV_INTEREST));
+        let got = process_count(&header);
         let header = Arc::new(header);
         let slots = slots.map(Arc::new);
         let core = Core {
@@ -70,7 +95,7 @@ impl Core {
             header: header.clone(),
             slots: slots.clone(),
             done,
-            got: AtomicU64::new(0),
+            got,
         };
         // Items lost for good (reported by the outbox or the inbox) leave the queue: they
         // no longer count in its length nor take a slot. They stay unfinished, as the tasks

@@ -75,7 +75,8 @@ impl<T> JoinableQueue<T> {
     /// Marks one item this process got as finished. Fails, changing nothing, if this
     /// process has called it as many times as it got items (Python raises `ValueError`
     /// when the queue-wide count would go below zero; procq checks per process, which also
-    /// catches a consumer marking another's work).
+    /// catches a consumer marking another's work). Every handle of the queue in this
+    /// process counts together, however it arrived (at spawn or inside an item).
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
         let core = self.core();
         core.got
