@@ -40,8 +40,9 @@ pub(crate) struct Core {
 fn process_count(header: &SharedHeader) -> Arc<AtomicU64> {
     use std::collections::HashMap;
     use std::sync::{LazyLock, Mutex, Weak};
-    static COUNTS: LazyLock<Mutex<HashMap<(u64, u64), Weak<AtomicU64>>>> =
-        LazyLock::new(Default::default);
+    /// A header's (device, inode), to the count of the process's handles of it.
+    type Counts = HashMap<(u64, u64), Weak<AtomicU64>>;
+    static COUNTS: LazyLock<Mutex<Counts>> = LazyLock::new(Default::default);
     let Ok(stat) = rustix::fs::fstat(header.fd()) else {
         return Arc::default(); // cannot happen for a mapped memfd; counts per handle then
     };
