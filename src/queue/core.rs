@@ -46,6 +46,7 @@ fn process_count(header: &SharedHeader) -> Arc<AtomicU64> {
     let Ok(stat) = rustix::fs::fstat(header.fd()) else {
         return Arc::default(); // cannot happen for a mapped memfd; counts per handle then
     };
+    #[allow(clippy::unnecessary_cast)] // their widths differ between targets
     let key = (stat.st_dev as u64, stat.st_ino as u64);
     let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     counts.retain(|_, count| count.strong_count() > 0);
