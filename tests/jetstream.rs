@@ -631,3 +631,91 @@ async fn a_put_the_server_does_not_permit_is_refused_as_not_allowed() {
     q.close().await.unwrap();
     producer.close().await.unwrap();
 }
+
+/// A future that uses up the task's cooperative budget on its first poll and is pending
+/// then (so the other branch of a `select!` is cut off at its next await), ready on the
+/// next: a way to cancel a future part-way, deterministically.
+#[derive(Default)]
+struct CutOff {
+    polled: bool,
+}
+
+impl std::future::Future for CutOff {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.polled {
+            return std::task::Poll::Ready(());
+        }
+        self.polled = true;
+        for _ in 0..10_000 {
+            let mut budget = Box::pin(tokio::task::consume_budget());
+            if budget.as_mut().poll(cx).is_pending() {
+                break;
+            }
+        }
+        std::task::Poll::Pending
+    }
+}
+
+/// Cancel safety over JetStream: a `get` cut off part-way loses no item (it used to take
+/// the item, then await the ack's publish: cut off there, the item waited for its lease);
+/// an `ack` cut off before its answer gives the item back at once; and an item taken by
+/// `try_get` counts as acknowledged for `task_done`.
+#[tokio::test]
+async fn cut_off_gets_and_acks_lose_nothing_and_try_get_counts_for_task_done() {
+    let server = Single::start();
+    let url = server.url();
+    let lease = Duration::from_secs(300); // far beyond the test: only a give-back helps
+    declared(&url, "cut", QueueConfig::new().lease(lease)).await;
+    let q = options().connect::<u32>(&url, "cut").await.unwrap();
+    q.put(1).await.unwrap();
+    q.put(2).await.unwrap();
+    let (one, delivery) = q.get_unacked_timeout(PATIENCE).await.unwrap();
+    assert_eq!(one, 1);
+    let cut = tokio::select! {
+        biased;
+        _ = CutOff::default() => true,
+        acked = delivery.ack() => { acked.unwrap(); false }
+    };
+    let mut rest = Vec::new();
+    for _ in 0..if cut { 2 } else { 1 } {
+        // Within 10 s, not the 300 s lease: a cut-off ack gave item 1 back at once.
+        let (item, delivery) = q
+            .get_unacked_timeout(Duration::from_secs(10))
+            .await
+            .unwrap();
+        delivery.ack().await.unwrap();
+        rest.push(item);
+    }
+    rest.sort();
+    assert_eq!(rest, if cut { vec![1, 2] } else { vec![2] }, "cut {cut}");
+    q.put(3).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !format!("{q:?}").contains("buffered: 1") {
+        assert!(Instant::now() < deadline, "item 3 never pulled: {q:?}");
+        tokio::task::yield_now().await;
+    }
+    let got = tokio::select! {
+        biased;
+        _ = CutOff::default() => None,
+        got = q.get() => Some(got.unwrap()),
+    };
+    let three = match got {
+        Some(three) => three,
+        None => q.get_timeout(Duration::from_secs(10)).await.unwrap(),
+    };
+    assert_eq!(three, 3, "the cut-off get lost nothing");
+    q.feed(4).await.unwrap();
+    q.feed(5).await.unwrap();
+    q.flush().await.unwrap(); // one pack
+    assert_eq!(q.get_timeout(PATIENCE).await.unwrap(), 4);
+    assert_eq!(q.try_get().unwrap(), 5);
+    for _ in 0..5 {
+        q.task_done().await.unwrap();
+    }
+    q.join_timeout(PATIENCE).await.unwrap();
+    q.close().await.unwrap();
+}

@@ -1303,7 +1303,9 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// the queue. Later calls fail with [`Disconnect::ClosedHere`].
     ///
     /// Over JetStream, items pulled to this handle and not taken are given back at
-    /// once (a negative ack), pulling stops and the NATS connection is drained; deliveries
+    /// once (a negative ack), except those that share a pack with a delivery still held:
+    /// their pack goes back when that delivery is settled or its lease runs out. Pulling
+    /// stops and the NATS connection is drained; deliveries
     /// still held fail with [`Disconnect::ClosedHere`] and come back after their lease.
     /// What is still unresolved at the deadline is handed back (in doubt if a publish may
     /// have been stored, refused otherwise).
@@ -1477,7 +1479,9 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// and [`Delivery::ack`] to know each ack arrived. Items already pushed to this client
     /// are handed out even after the connection ended, as by `get_unacked`: their acks
     /// cannot be sent, and are counted as failed. After [`close`](Self::close) nothing is
-    /// handed out.
+    /// handed out. Over JetStream, an ack handed to the NATS connection and then lost with
+    /// a server that died is not seen (the message is delivered again all the same); only
+    /// acks that could not be handed over are counted.
     ///
     /// # Cancel safety
     ///
@@ -1789,7 +1793,10 @@ impl Delivery {
                 Ok(())
             }
             #[cfg(feature = "nats")]
-            Lease::JetStream(d) => d.ack_nowait().await,
+            Lease::JetStream(d) => {
+                d.ack_nowait_sync();
+                Ok(())
+            }
         }
     }
 

@@ -1136,6 +1136,18 @@ impl Then {
     }
 }
 
+/// Gives a message back (a negative ack, from a task of its own) when dropped armed: an
+/// `ack` cancelled before its answer came.
+struct GiveBackIfDropped(Option<Arc<Held>>);
+
+impl Drop for GiveBackIfDropped {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            Then::Nak(held).spawn();
+        }
+    }
+}
+
 impl Held {
     fn lock(&self) -> MutexGuard<'_, HeldState> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
@@ -1211,9 +1223,16 @@ impl Delivery {
             Then::Recorded => Ok(()),
             Then::Lapsed => Err(RemoteError::Refused(Refusal::LeaseExpired)),
             Then::Ack(held) => {
-                match tokio::time::timeout(inner.options.request_timeout, held.acker.double_ack())
-                    .await
-                {
+                // Dropped before the ack is answered, the message is given back at once,
+                // as a dropped delivery's is (not at the end of its lease). If the ack
+                // was sent, it reaches the server first and the give-back finds the
+                // message gone: the ack stands.
+                let mut cancelled = GiveBackIfDropped(Some(held.clone()));
+                let acked =
+                    tokio::time::timeout(inner.options.request_timeout, held.acker.double_ack())
+                        .await;
+                cancelled.0 = None;
+                match acked {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(errors::ack(&*e)),
                     Err(_) => Err(RemoteError::Timeout),
@@ -1231,35 +1250,38 @@ impl Delivery {
     }
 
     /// Settles this item; the message's ack, if this is its last item, is sent without
-    /// waiting for a confirmation. Failures are counted for `flush` and `close`.
-    pub(crate) async fn ack_nowait(mut self) -> Result<(), RemoteError> {
-        self.settled = true;
-        if self.closed() {
-            return Err(RemoteError::Disconnected(Disconnect::ClosedHere));
-        }
-        let inner = self.held.inner.clone();
-        let ok = match self.held.settle(Settle::Ack) {
-            Then::Recorded => true,
-            Then::Lapsed => false,
-            Then::Ack(held) => held.acker.ack().await.is_ok(),
-            nak @ Then::Nak(_) => {
-                nak.send().await;
-                true
-            }
-        };
-        let mut st = inner.lock();
-        if ok {
-            st.acked += 1;
-        } else {
-            st.acks_failed += 1;
-        }
-        Ok(())
-    }
-
-    /// `ack_nowait` from a place that cannot wait.
+    /// waiting for a confirmation, from a task of its own, so nothing is left to cancel
+    /// once the item is taken. The item counts as acknowledged (for `task_done`) at once;
+    /// an ack that cannot be sent is counted for `flush` and `close`.
     pub(crate) fn ack_nowait_sync(mut self) {
         self.settled = true;
-        self.held.settle(Settle::Ack).spawn();
+        let inner = self.held.inner.clone();
+        if self.closed() {
+            inner.lock().acks_failed += 1;
+            return;
+        }
+        match self.held.settle(Settle::Ack) {
+            Then::Lapsed => inner.lock().acks_failed += 1,
+            Then::Recorded => inner.lock().acked += 1,
+            nak @ Then::Nak(_) => {
+                inner.lock().acked += 1;
+                nak.spawn();
+            }
+            Then::Ack(held) => {
+                inner.lock().acked += 1;
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            if held.acker.ack().await.is_err() {
+                                held.inner.lock().acks_failed += 1;
+                            }
+                        });
+                    }
+                    // Nothing can send it: the lease brings the message back.
+                    Err(_) => inner.lock().acks_failed += 1,
+                }
+            }
+        }
     }
 
     /// Extends the lease of this item's message by a full ack wait from now, and waits
