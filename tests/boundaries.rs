@@ -879,6 +879,15 @@ async fn closing_a_pipe_releases_it_even_while_a_task_waits_on_closed() {
 /// channel for the receiver, buffered or direct (`stream.forward(sink)` ends with it).
 #[tokio::test]
 async fn a_closed_sink_refuses_every_send_and_the_last_one_ends_the_channel() {
+    closed_sink_refuses_every_send_and_the_last_one_ends_the_channel().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_sink_refuses_every_send_and_the_last_one_ends_the_channel_multi_thread() {
+    closed_sink_refuses_every_send_and_the_last_one_ends_the_channel().await;
+}
+
+async fn closed_sink_refuses_every_send_and_the_last_one_ends_the_channel() {
     for direct in [false, true] {
         let opts = if direct {
             procq::Options::new().direct()

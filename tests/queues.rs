@@ -104,6 +104,18 @@ async fn play(role: &str) {
             .join()
             .unwrap();
         }
+        // Gets through the queue passed at spawn and marks the task done through another
+        // handle of it that arrives inside an item; reports whether a second task_done (one
+        // more than this process got) is refused.
+        "task-done-through-another-handle" => {
+            let q = procq::JoinableQueue::<u64>::from_env("Q").unwrap();
+            let handles =
+                procq::Receiver::<procq::JoinableQueue<u64>>::from_env("HANDLES").unwrap();
+            let other = handles.recv_timeout(PATIENCE).await.unwrap();
+            q.get_timeout(PATIENCE).await.unwrap();
+            other.task_done().unwrap();
+            report(format!("refused {}", q.task_done().is_err()));
+        }
         // Joins the queue from this (child) process and reports when every task is done.
         "joiner" => {
             let q = procq::JoinableQueue::<u32>::from_env("Q").unwrap();
@@ -637,5 +649,23 @@ async fn task_done_counts_every_handle_of_the_queue_in_this_process() {
     jq.task_done().unwrap(); // through the other handle
     assert!(received.task_done().is_err(), "one get, one task_done");
     assert!(jq.task_done().is_err());
+    jq.join_timeout(PATIENCE).await.unwrap();
+}
+
+/// The same in a child, which rebuilt one handle from its environment and received the
+/// other inside an item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_done_counts_every_handle_of_the_queue_in_a_child() {
+    let jq = procq::JoinableQueue::<u64>::new().unwrap();
+    let (handles, handles_rx) = procq::pipe::<procq::JoinableQueue<u64>>().unwrap();
+    let mut cmd = child_command("task-done-through-another-handle");
+    procq::pass(&mut cmd, "Q", jq.clone()).unwrap();
+    procq::pass(&mut cmd, "HANDLES", handles_rx).unwrap();
+    let mut kid = Kid::spawn(cmd);
+    handles.send(jq.clone()).await.unwrap();
+    jq.put(9).await.unwrap();
+    jq.flush().await.unwrap();
+    assert_eq!(kid.report().await, "refused true");
+    assert!(kid.exit_within(PATIENCE).await.success());
     jq.join_timeout(PATIENCE).await.unwrap();
 }
